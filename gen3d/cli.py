@@ -1,0 +1,174 @@
+"""Command line: ``python -m gen3d infer IMAGE_OR_DIR ... --out DIR``.
+
+Per input image it writes, into ``DIR/<image stem>/``:
+  gs.ply           the final Gaussians (standard 3DGS layout; opens in gradio's Model3D, SuperSplat, ...)
+  input.png        the preprocessed model input (background removed, recentred, white background)
+  views.png        the 32 official output views, 8 per row
+  turntable.mp4    a turn around the object
+  trajectory.mp4   the sampling trajectory: x0_tilde (2D estimates) above x0_hat (3D renders), per step
+  metrics.json     settings, timings and per-step 2D-vs-3D consistency
+A bad file is reported and skipped, the others complete, and the exit code is 1 if any failed.
+Existing results are kept unless --overwrite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+
+
+def default_device() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def default_preset(device: str) -> str:
+    return "tiny" if device == "cpu" else "gen3diffusion"
+
+
+def collect_inputs(paths: list[str]) -> tuple[list[Path], list[str]]:
+    """Files given directly, plus image files inside given folders (sorted); and error lines."""
+    files, errors = [], []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                errors.append(f"{path}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) in this folder")
+            files.extend(found)
+        elif path.is_file():
+            files.append(path)
+        else:
+            errors.append(f"{path}: no such file or folder")
+    return files, errors
+
+
+def keep_everything(rgb):
+    """A background 'remover' that keeps the whole image (--no-background-removal)."""
+    import numpy as np
+
+    return np.full(rgb.shape[:2], 255, dtype=np.uint8)
+
+
+def add_infer_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("inputs", nargs="+", help="image files and/or folders of images")
+    parser.add_argument("--out", required=True, help="output folder (one subfolder per image)")
+    parser.add_argument("--preset", default=None,
+                        help="tiny, gen3diffusion, human3diffusion, or a checkpoint folder "
+                             "(default: tiny on CPU, gen3diffusion on a GPU)")
+    parser.add_argument("--checkpoint-dir", default=None, help="folder with the released model.safetensors and model_1.safetensors")
+    parser.add_argument("--base-dir", default=None, help="local copy of ashawkey/imagedream-ipmv-diffusers")
+    parser.add_argument("--steps", type=int, default=None, help="DDIM steps (default: the preset's, 50)")
+    parser.add_argument("--cfg", type=float, default=None, help="classifier-free guidance scale (default 5)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--guidance", choices=("3d", "2d"), default="3d",
+                        help="3d: synchronized sampling (the paper); 2d: plain multi-view diffusion")
+    parser.add_argument("--border-ratio", type=float, default=None,
+                        help="foreground border ratio (default 0.45 objects, 0.227 people)")
+    parser.add_argument("--no-background-removal", action="store_true", help="use the image as it is")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: best available)")
+    parser.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32")
+    parser.add_argument("--turntable-frames", type=int, default=48)
+    parser.add_argument("--overwrite", action="store_true", help="replace existing results")
+
+
+def run_infer(args: argparse.Namespace) -> int:
+    import torch
+    from tqdm import tqdm
+
+    from gen3d.cameras import output_cameras
+    from gen3d.export import (
+        image_grid, render_views, save_image, summarize_trajectory, to_uint8, trajectory_frame, turntable_cameras,
+        write_metrics, write_video,
+    )
+    from gen3d.gaussians import save_ply
+    from gen3d.pipeline import Gen3DPipeline
+    from gen3d.preprocess import InvalidImageError, preprocess
+    from gen3d.sampler import SamplerConfig, sample
+    from gen3d.weights import WeightsError
+
+    files, errors = collect_inputs(args.inputs)
+    for line in errors:
+        print(f"error: {line}", file=sys.stderr)
+    device = args.device or default_device()
+    preset = args.preset or default_preset(device)
+    try:
+        pipe = Gen3DPipeline.from_pretrained(preset, device=device, dtype=getattr(torch, args.dtype),
+                                             checkpoint_dir=args.checkpoint_dir, base_dir=args.base_dir)
+    except WeightsError as err:
+        print(f"error: cannot load '{preset}': {err}", file=sys.stderr)
+        return 2
+    print(f"model: {pipe.describe()}")
+    for note in pipe.notes:
+        print(f"  {note}")
+    config = SamplerConfig(num_inference_steps=args.steps or pipe.config.num_inference_steps,
+                           guidance_scale=pipe.config.guidance_scale if args.cfg is None else args.cfg,
+                           guidance=args.guidance)
+    border = args.border_ratio if args.border_ratio is not None else pipe.config.border_ratio
+    out_root = Path(args.out)
+    failed = len(errors)
+    for path in files:
+        out = out_root / path.stem
+        if (out / "gs.ply").exists() and not args.overwrite:
+            print(f"{path}: kept existing results in {out} (use --overwrite to redo)")
+            continue
+        try:
+            pre = preprocess(path, border_ratio=border, size=pipe.config.image_size,
+                             remover=keep_everything if args.no_background_removal else "auto")
+        except InvalidImageError as err:
+            print(f"error: {path}: {err}", file=sys.stderr)
+            failed += 1
+            continue
+        start = time.perf_counter()
+        frames, records = [], []
+        generator = torch.Generator().manual_seed(args.seed)
+        bar = tqdm(total=config.num_inference_steps, desc=path.name, unit="step", leave=False)
+        for record in sample(pipe, pre.image, config, generator):
+            frames.append(trajectory_frame(record.x0_tilde_images, record.x0_hat_images))
+            records.append(record)
+            bar.update(1)
+        bar.close()
+        final = records[-1].final_gaussians
+        seconds = time.perf_counter() - start
+        out.mkdir(parents=True, exist_ok=True)
+        save_ply(final, out / "gs.ply")
+        save_image(pre.image[0], out / "input.png")
+        size = 2 * pipe.config.image_size
+        save_image(image_grid(render_views(final, output_cameras(size), pipe.config.render_mode), columns=8),
+                   out / "views.png")
+        turntable = render_views(final, turntable_cameras(args.turntable_frames, size), pipe.config.render_mode)
+        write_video(to_uint8(turntable), out / "turntable.mp4", fps=24)
+        write_video(frames, out / "trajectory.mp4", fps=8)
+        write_metrics({"input": str(path), "preset": preset, "model": pipe.describe(), "seed": args.seed,
+                       "steps": config.num_inference_steps, "guidance_scale": config.guidance_scale,
+                       "guidance": config.guidance, "border_ratio": border, "preprocessing": pre.steps,
+                       "seconds": round(seconds, 3), "final_gaussians": final.stats(),
+                       "trajectory": summarize_trajectory(records)}, out / "metrics.json")
+        print(f"{path}: {len(final)} Gaussians, mean 2D-vs-3D PSNR {float(records[-1].psnr.mean()):.2f} dB, "
+              f"{seconds:.1f} s -> {out}")
+    if failed:
+        print(f"{failed} input(s) failed", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m gen3d", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_infer_arguments(sub.add_parser("infer", help="image(s) -> Gaussian splats, views, videos, metrics"))
+    args = parser.parse_args(argv)
+    if args.command == "infer":
+        return run_infer(args)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
