@@ -68,7 +68,7 @@ def render_views(gaussians: Gaussians, cameras, mode: str = "gof", chunk: int = 
     """Render unbatched Gaussians at every camera, a few views at a time -> [V, 3, H, W] in [0, 1]."""
     from gen3d.render import render
 
-    out = [render(gaussians, cameras[i: i + chunk], mode=mode).color.detach().cpu()
+    out = [render(gaussians, cameras[i: i + chunk], mode=mode, normals=False).color.detach().cpu()
            for i in range(0, len(cameras), chunk)]
     return torch.cat(out)
 

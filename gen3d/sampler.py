@@ -186,82 +186,107 @@ def _check_image(image: Tensor, size: int) -> Tensor:
     return image.clamp(0, 1)
 
 
+class SyncModels:
+    """The pipeline's networks wired for one image (spec 2.6, 3, 5): conditioning is computed once.
+
+    Its methods are the callables ``sync_ddim`` takes. Works on any device, the meta device included
+    (shape checks of the official sizes without weights).
+    """
+
+    views = 4
+
+    def __init__(self, pipe, image: Tensor, config: SamplerConfig, generator: torch.Generator):
+        from gen3d.cameras import target_cameras, unet_camera_vectors
+
+        self.pipe, self.config, self.generator = pipe, config, generator
+        device, dtype, size = pipe.device, pipe.dtype, pipe.config.image_size
+        self.device, self.dtype, self.size = device, dtype, size
+        self.frames = self.views + 1
+        self.image_ms = _check_image(image, size).to(device=device, dtype=dtype) * 2 - 1
+        self.use_cfg = config.guidance_scale != 1.0
+        with torch.no_grad():
+            positive, negative = pipe.encode_prompt(config.prompt, config.negative_prompt)
+            features = pipe.encode_image_prompt(self.image_ms)  # [1, T, D] CLIP penultimate states
+            tokens = pipe.unet.encode_image_prompt(features).expand(self.frames, -1, -1)
+            ip_latent = pipe.encode_latents(self.image_ms, generator, sample=config.sample_vae)  # [1, C, h, w]
+            camera = unet_camera_vectors(dtype=dtype, device=device)
+            if self.use_cfg:  # unconditional half first: negative prompt, zero image features, zero latent
+                null_tokens = pipe.unet.encode_image_prompt(torch.zeros_like(features)).expand(self.frames, -1, -1)
+                self.context = torch.cat([negative.expand(self.frames, -1, -1), positive.expand(self.frames, -1, -1)])
+                self.ip_tokens = torch.cat([null_tokens, tokens])
+                self.ip_img = torch.cat([torch.zeros_like(ip_latent), ip_latent])
+                self.camera = torch.cat([camera, camera])
+            else:
+                self.context, self.ip_tokens, self.ip_img = positive.expand(self.frames, -1, -1), tokens, ip_latent
+                self.camera = camera
+        self.rays = target_cameras(size).plucker().to(device=device, dtype=dtype)
+        self.render_cameras = target_cameras(pipe.config.render_size).to(device=device)
+
+    def initial_latents(self) -> Tensor:
+        shape = (self.frames, self.pipe.unet.config.in_channels, self.pipe.latent_size, self.pipe.latent_size)
+        noise = torch.randn(shape, generator=self.generator, device=self.generator.device, dtype=torch.float32)
+        return noise.to(self.device, self.dtype)
+
+    def predict_eps(self, x_t: Tensor, t: int) -> Tensor:
+        x_in = torch.cat([x_t, x_t]) if self.use_cfg else x_t
+        steps = torch.full((x_in.shape[0],), float(t), device=self.device, dtype=self.dtype)
+        out = self.pipe.unet(x_in, steps, self.context, self.camera, None, self.ip_img, num_frames=self.frames,
+                             ip_tokens=self.ip_tokens)
+        return cfg_combine(out, self.config.guidance_scale) if self.use_cfg else out
+
+    def lift(self, x_t: Tensor, x0_tilde: Tensor, t: int) -> Lifted:
+        from gen3d.reconstructor import build_reconstructor_input, reconstructor_timesteps
+        from gen3d.render import render
+
+        views = self.views
+        decoded = self.pipe.decode_latents(torch.cat([x0_tilde, x_t[:views]]))
+        x0_images, xt_images = decoded[:views], decoded[views:]
+        inputs = build_reconstructor_input(x0_images[None], xt_images[None], self.image_ms, self.rays)
+        gaussians = self.pipe.reconstructor(inputs, reconstructor_timesteps(t, 1, device=self.device))
+        color = render(gaussians[0], self.render_cameras, mode=self.pipe.config.render_mode, normals=False).color.to(self.dtype)
+        if color.shape[-1] != self.size:
+            color = F.interpolate(color, size=(self.size, self.size), mode="bilinear", align_corners=False)
+        return Lifted(gaussians=gaussians, x0_images=x0_images, xt_images=xt_images, renders=color)
+
+    def encode_renders(self, lifted: Lifted) -> Tensor:
+        return self.pipe.encode_latents(lifted.renders * 2 - 1, self.generator, sample=self.config.sample_vae)
+
+
+def _record(step: DenoiseStep, num_steps: int) -> StepRecord:
+    lifted: Lifted = step.lifted
+    gaussians = lifted.gaussians[0].detach().to(device="cpu", dtype=torch.float32)
+    x0_tilde_images, renders = _image01(lifted.x0_images), lifted.renders.float().clamp(0, 1).cpu()
+    record = StepRecord(
+        index=step.index, num_steps=num_steps, t=step.t, alpha_bar=step.alpha_bar, guided=step.guided,
+        xt_images=_image01(lifted.xt_images), x0_tilde_images=x0_tilde_images, x0_hat_images=renders,
+        gaussians=gaussians, psnr=psnr(x0_tilde_images, renders), gaussian_stats=gaussians.stats(), seconds=0.0)
+    if step.final_lifted is not None:
+        record.final_gaussians = step.final_lifted.gaussians[0].detach().to(device="cpu", dtype=torch.float32)
+        record.final_images = step.final_lifted.renders.float().clamp(0, 1).cpu()
+    return record
+
+
 def sample(pipe, image: Tensor, config: SamplerConfig | None = None,
            generator: Optional[torch.Generator] = None) -> Iterator[StepRecord]:
-    """Run Algorithm 2 on a preprocessed image [1, 3, H, W] in [0, 1]; yield one record per timestep."""
-    from diffusers import DDIMScheduler
+    """Run Algorithm 2 on a preprocessed image [1, 3, H, W] in [0, 1]; yield one record per timestep.
 
-    from gen3d.cameras import target_cameras, unet_camera_vectors
-    from gen3d.reconstructor import build_reconstructor_input, reconstructor_timesteps
-    from gen3d.render import render
+    All randomness (initial noise, VAE posterior samples, DDIM eta noise) comes from ``generator``
+    (default: a CPU generator seeded with 0), in a fixed order: the same seed gives the same records.
+    """
+    from diffusers import DDIMScheduler
 
     config = config or SamplerConfig()
     generator = generator if generator is not None else torch.Generator().manual_seed(0)
-    device, dtype, size = pipe.device, pipe.dtype, pipe.config.image_size
-    image = _check_image(image, size).to(device=device, dtype=dtype)
-    image_ms = image * 2 - 1
-    views = 4
-
-    with torch.no_grad():
-        # Conditioning, computed once: context [2F, L, C] (negative first), ip tokens, ip_img, cameras.
-        positive, negative = pipe.encode_prompt(config.prompt, config.negative_prompt)
-        use_cfg = config.guidance_scale != 1.0
-        frames = views + 1
-        features = pipe.encode_image_prompt(image_ms)  # [1, T, D]
-        ip_cond = pipe.unet.encode_image_prompt(features.expand(frames, -1, -1))
-        ip_latent = pipe.encode_latents(image_ms, generator, sample=config.sample_vae)  # [1, C, h, w]
-        camera = unet_camera_vectors(dtype=dtype, device=device)
-        if use_cfg:
-            context = torch.cat([negative.expand(frames, -1, -1), positive.expand(frames, -1, -1)])
-            ip_tokens = torch.cat([pipe.unet.encode_image_prompt(torch.zeros_like(features).expand(frames, -1, -1)), ip_cond])
-            ip_img = torch.cat([torch.zeros_like(ip_latent), ip_latent])
-            camera = torch.cat([camera, camera])
-        else:
-            context, ip_tokens, ip_img = positive.expand(frames, -1, -1), ip_cond, ip_latent
-        rays = target_cameras(size).plucker().to(device=device, dtype=dtype)
-        render_cams = target_cameras(pipe.config.render_size).to(device=device)
-
-    def predict_eps(x_t: Tensor, t: int) -> Tensor:
-        x_in = torch.cat([x_t, x_t]) if use_cfg else x_t
-        steps = torch.full((x_in.shape[0],), float(t), device=device, dtype=dtype)
-        out = pipe.unet(x_in, steps, context, camera, None, ip_img, num_frames=frames, ip_tokens=ip_tokens)
-        return cfg_combine(out, config.guidance_scale) if use_cfg else out
-
-    def lift(x_t: Tensor, x0_tilde: Tensor, t: int) -> Lifted:
-        decoded = pipe.decode_latents(torch.cat([x0_tilde, x_t[:views]]))
-        x0_images, xt_images = decoded[:views], decoded[views:]
-        inputs = build_reconstructor_input(x0_images[None], xt_images[None], image_ms, rays)
-        gaussians = pipe.reconstructor(inputs, reconstructor_timesteps(t, 1, device=device))
-        color = render(gaussians[0], render_cams, mode=pipe.config.render_mode).color.to(dtype)
-        if color.shape[-1] != size:
-            color = F.interpolate(color, size=(size, size), mode="bilinear", align_corners=False)
-        return Lifted(gaussians=gaussians, x0_images=x0_images, xt_images=xt_images, renders=color)
-
-    def encode_renders(lifted: Lifted) -> Tensor:
-        return pipe.encode_latents(lifted.renders * 2 - 1, generator, sample=config.sample_vae)
-
+    models = SyncModels(pipe, image, config, generator)
     scheduler = DDIMScheduler.from_config(pipe.scheduler.config)  # per call: the app runs several at once
-    scheduler.set_timesteps(config.num_inference_steps, device=device)
-    shape = (frames, pipe.unet.config.in_channels, pipe.latent_size, pipe.latent_size)
-    x_T = torch.randn(shape, generator=generator, device=generator.device, dtype=torch.float32).to(device, dtype)
-
+    scheduler.set_timesteps(config.num_inference_steps, device=pipe.device)
+    x_T = models.initial_latents()
     clock = time.perf_counter()
     with torch.no_grad():
-        for step in sync_ddim(x_T, scheduler, predict_eps, lift, encode_renders, config.guided,
+        for step in sync_ddim(x_T, scheduler, models.predict_eps, models.lift, models.encode_renders, config.guided,
                               needs_x0_hat=lambda i: False, eta=config.eta, generator=generator):
-            lifted: Lifted = step.lifted
-            gaussians = lifted.gaussians[0].detach().to(device="cpu", dtype=torch.float32)
-            x0_tilde_images, renders = _image01(lifted.x0_images), lifted.renders.float().clamp(0, 1).cpu()
-            record = StepRecord(
-                index=step.index, num_steps=config.num_inference_steps, t=step.t, alpha_bar=step.alpha_bar,
-                guided=step.guided, xt_images=_image01(lifted.xt_images), x0_tilde_images=x0_tilde_images,
-                x0_hat_images=renders, gaussians=gaussians, psnr=psnr(x0_tilde_images, renders),
-                gaussian_stats=gaussians.stats(), seconds=0.0)
-            if step.final_lifted is not None:
-                record.final_gaussians = step.final_lifted.gaussians[0].detach().to(device="cpu", dtype=torch.float32)
-                record.final_images = step.final_lifted.renders.float().clamp(0, 1).cpu()
-            now = time.perf_counter()
-            record.seconds, clock = now - clock, now
+            record = _record(step, config.num_inference_steps)
+            record.seconds = time.perf_counter() - clock
             yield record
             clock = time.perf_counter()  # time spent by the consumer is not the sampler's
 
