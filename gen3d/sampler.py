@@ -179,7 +179,7 @@ def _check_image(image: Tensor, size: int) -> Tensor:
         image = image[None]
     if image.ndim != 4 or image.shape[:2] != (1, 3):
         raise ValueError(f"image must be [1, 3, H, W] (or [3, H, W]) in [0, 1], got {tuple(image.shape)}")
-    if not torch.isfinite(image).all():
+    if not image.is_meta and not torch.isfinite(image).all():
         raise ValueError("image contains NaN or infinite values")
     if image.shape[-2:] != (size, size):
         image = F.interpolate(image.float(), size=(size, size), mode="bilinear", align_corners=False)
