@@ -120,7 +120,7 @@ def sync_ddim(
         x0_hat = encode_renders(lifted) if (use_3d or needs_x0_hat(index)) else None
         eps_hat = torch.cat([eps_from_x0(x_t[:targets], x0_hat, alpha_bar), eps[targets:]]) if use_3d else eps
         x_prev = scheduler.step(eps_hat, t, x_t, eta=eta, generator=generator).prev_sample
-        step = DenoiseStep(index=index, t=int(t), alpha_bar=float(alpha_bar), x_t=x_t, eps=eps, x0_tilde=x0_tilde,
+        step = DenoiseStep(index=index, t=int(t), alpha_bar=float(scheduler.alphas_cumprod[t]), x_t=x_t, eps=eps, x0_tilde=x0_tilde,
                            lifted=lifted, x0_hat=x0_hat, guided=use_3d, x_prev=x_prev)
         if index == len(timesteps) - 1:  # final pass at the last t on the final latents, no update
             final_eps = predict_eps(x_prev, t)

@@ -164,3 +164,39 @@ def test_update_follows_the_spec_formulas(tiny_pipe, tiny_image):
         x0 = (step.x_t - (1 - a_t).sqrt() * eps_hat) / a_t.sqrt()
         assert_close(x0[:4], step.x0_hat, atol=1e-4, rtol=1e-4)  # the 3D estimate is what drives the update
         assert_close(step.x_prev, a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps_hat, atol=1e-5, rtol=1e-5)
+
+
+def test_one_guided_step_at_the_official_sizes_on_meta():
+    """UNet with CFG, VAE decode, reconstructor, 512² renders, resize and re-encode at the released
+    shapes, on the meta device: a GPU user never meets a shape or dtype error after the download."""
+    from diffusers import AutoencoderKL
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    from gen3d.conditioning import LearnedPromptConfig, LearnedPromptEmbeddings
+    from gen3d.mv_unet import MultiViewUNet, MultiViewUNetConfig
+    from gen3d.pipeline import Gen3DPipeline, PipelineConfig
+    from gen3d.reconstructor import Reconstructor, ReconstructorConfig
+
+    with torch.device("meta"):
+        pipe = Gen3DPipeline(
+            config=PipelineConfig(name="official-shapes"),
+            unet=MultiViewUNet(MultiViewUNetConfig.official()),
+            reconstructor=Reconstructor(ReconstructorConfig.official()),
+            vae=AutoencoderKL(block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
+                              up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2, sample_size=256,
+                              scaling_factor=0.18215),
+            image_encoder=CLIPVisionModel(CLIPVisionConfig(hidden_size=1280, intermediate_size=5120,
+                                                           num_hidden_layers=32, num_attention_heads=16,
+                                                           image_size=224, patch_size=14)),
+            prompt_encoder=LearnedPromptEmbeddings(LearnedPromptConfig(num_tokens=77, width=1024)))
+    assert pipe.latent_size == 32 and pipe.config.render_size == 512
+    models = SyncModels(pipe, torch.ones(1, 3, 256, 256), SamplerConfig(num_inference_steps=1), torch.Generator())
+    assert models.context.shape == (10, 77, 1024) and models.ip_tokens.shape == (10, 16, 1024)
+    sched = ddim_scheduler()
+    sched.set_timesteps(1)
+    (step,) = list(sync_ddim(models.initial_latents(), sched, models.predict_eps, models.lift, models.encode_renders,
+                             guided=lambda i: True))
+    assert step.x_prev.shape == (5, 4, 32, 32) and step.x_prev.is_meta and step.x_prev.dtype == torch.float32
+    assert step.x0_hat.shape == (4, 4, 32, 32)
+    assert step.lifted.renders.shape == (4, 3, 256, 256) and step.lifted.x0_images.shape == (4, 3, 256, 256)
+    assert step.final_lifted.gaussians.means.shape == (1, 65536, 3)

@@ -83,12 +83,24 @@ def render(
         return RenderOutput(color=out["color"], alpha=out["alpha"], depth=out["depth"], normal=None,
                             radii=out["radii"], n_contrib=None, backend="gsplat", mode=mode)
 
+    if ref.is_meta:  # meta tensors carry shapes only (checks of the official sizes): outputs of the right shapes
+        return _meta_output(len(gaussians), cameras, mode, normals)
     res = rasterize(gaussians.means, gaussians.quats, gaussians.scales, gaussians.opacities, gaussians.colors,
                     cameras.w2c_cv(), cameras.width, cameras.height, cameras.fx, cameras.fy,
                     cameras.tan_half_fovx, cameras.tan_half_fovy, background, mode=mode, normals=normals,
                     config=config)
     return RenderOutput(color=res.color, alpha=res.alpha, depth=res.depth, normal=res.normal, radii=res.radii,
                         n_contrib=res.n_contrib, backend="torch", mode=mode)
+
+
+def _meta_output(n: int, cameras: Cameras, mode: str, normals: bool) -> RenderOutput:
+    V, H, W = len(cameras), cameras.height, cameras.width
+    meta = dict(device="meta", dtype=cameras.c2w_gl.dtype)
+    return RenderOutput(color=torch.empty(V, 3, H, W, **meta), alpha=torch.empty(V, 1, H, W, **meta),
+                        depth=torch.empty(V, 1, H, W, **meta),
+                        normal=torch.empty(V, 3, H, W, **meta) if mode == "gof" and normals else None,
+                        radii=torch.empty(V, n, device="meta", dtype=torch.int32),
+                        n_contrib=torch.empty(V, H, W, device="meta", dtype=torch.int32), backend="torch", mode=mode)
 
 
 def _check_gaussians(gaussians: Gaussians) -> None:
