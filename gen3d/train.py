@@ -350,7 +350,7 @@ def train(config: TrainConfig, max_seconds: Optional[float] = None) -> dict:
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
             step += 1
-            window.append({k: float(v) for k, v in losses.items()} | {"loss": float(loss), "seconds": time.perf_counter() - t0})
+            window.append({k: float(v.detach()) for k, v in losses.items()} | {"loss": float(loss.detach()), "seconds": time.perf_counter() - t0})
             if step % config.log_every == 0 or step == config.steps:
                 last_row = {"step": step} | {k: sum(w[k] for w in window) / len(window) for k in window[0]}
                 with open(log_path, "a") as f:
