@@ -43,16 +43,6 @@ def ddim_scheduler():
     return DDIMScheduler(**DDIM_CONFIG)
 
 
-def to_model_space(images: Tensor) -> Tensor:
-    """[0, 1] -> [-1, 1]."""
-    return images * 2.0 - 1.0
-
-
-def to_image_space(images: Tensor) -> Tensor:
-    """[-1, 1] -> [0, 1] (not clamped)."""
-    return images * 0.5 + 0.5
-
-
 def _check_images(images: Tensor, name: str = "images") -> None:
     if images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(f"{name} must be [B, 3, H, W] in [-1, 1], got {tuple(images.shape)}")
