@@ -55,7 +55,7 @@ def write_video(frames: Iterable[np.ndarray], path: str | os.PathLike, fps: int 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with imageio.get_writer(str(path), fps=fps, codec="libx264", quality=7, macro_block_size=1,
-                            ffmpeg_params=["-pix_fmt", "yuv420p"]) as writer:
+                            pixelformat="yuv420p") as writer:
         for frame in frames:
             h, w = frame.shape[:2]
             if h % 2 or w % 2:
