@@ -291,7 +291,7 @@ TINY_VAE_CONFIG = dict(
     down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
     layers_per_block=1, norm_num_groups=32, sample_size=64, scaling_factor=0.18215,
 )
-TINY_IMAGE_ENCODER_CONFIG = dict(hidden_size=256, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
+TINY_IMAGE_ENCODER_CONFIG = dict(hidden_size=192, intermediate_size=384, num_hidden_layers=3, num_attention_heads=3,
                                  image_size=64, patch_size=8)
 
 

@@ -119,11 +119,13 @@ class ReconstructorConfig:
 
         The official structure with 4 levels instead of 6: a slim 32-channel full-resolution level
         (its skips are unused, as in the official model), attention only where it is cheap, with 4
-        heads of 16-32 channels (16 heads of 4-8 channels cost twice the time on a CPU).
+        heads of 16-32 channels (16 heads of 4-8 channels cost twice the time on a CPU), and one
+        ResnetBlock per down level (two per up level): 4.4 M parameters, 0.14 s per forward here.
         """
         return cls(input_size=64, splat_size=32, down_channels=(32, 64, 128, 128),
                    down_attention=(False, False, True, True), mid_attention=True,
-                   up_channels=(128, 128, 64), up_attention=(True, True, False), num_heads=4)
+                   up_channels=(128, 128, 64), up_attention=(True, True, False), num_heads=4,
+                   layers_per_block=1)
 
 
 # ------------------------------------------------------------------------------------------- input side
