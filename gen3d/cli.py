@@ -160,14 +160,65 @@ def run_infer(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per TrainConfig field (--data, --out, --stage, --steps, --batch-size, ...)."""
+    import dataclasses
+
+    from gen3d.train import TrainConfig
+
+    for f in dataclasses.fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        if f.type in ("bool", bool):
+            parser.add_argument(flag, type=lambda v: v.lower() in ("1", "true", "yes"), default=f.default,
+                                metavar="true|false")
+        elif f.default is dataclasses.MISSING:
+            parser.add_argument(flag, required=True)
+        else:
+            parser.add_argument(flag, type=type(f.default), default=f.default)
+    parser.add_argument("--max-minutes", type=float, default=None, help="stop (with a checkpoint) after this long")
+
+
+def run_train(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from gen3d.train import TrainConfig, train
+
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
+    train(TrainConfig(**values), max_seconds=None if args.max_minutes is None else 60 * args.max_minutes)
+    return 0
+
+
+def add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", required=True, help="dataset folder (gen3d-multiview-v1)")
+    parser.add_argument("--size", type=int, default=64, help="image size in pixels")
+    parser.add_argument("--objects", type=int, default=1000, help="training objects")
+    parser.add_argument("--avatars", type=int, default=0, help="training people")
+    parser.add_argument("--heldout", type=int, default=100, help="held-out objects (and as many people if --avatars)")
+    parser.add_argument("--novel", type=int, default=8, help="novel views per object")
+    parser.add_argument("--workers", type=int, default=1)
+
+
+def run_data(args: argparse.Namespace) -> int:
+    from gen3d.data import split_seeds, write_dataset
+
+    for domain, n in (("object", args.objects), ("avatar", args.avatars)):
+        if n:
+            seeds = split_seeds("heldout", args.heldout) + split_seeds("train", n)
+            ids = write_dataset(args.out, seeds, image_size=args.size, domain=domain, n_novel=args.novel,
+                                num_workers=args.workers)
+            print(f"{len(ids)} {domain}s in {args.out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m gen3d", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     add_infer_arguments(sub.add_parser("infer", help="image(s) -> Gaussian splats, views, videos, metrics"))
+    add_data_arguments(sub.add_parser("data", help="render a procedural multi-view dataset"))
+    add_train_arguments(sub.add_parser("train", help="joint 2D + 3D training (Algorithm 1), resumable"))
     args = parser.parse_args(argv)
-    if args.command == "infer":
-        return run_infer(args)
-    return 2
+    commands = {"infer": run_infer, "data": run_data, "train": run_train}
+    return commands[args.command](args)
 
 
 if __name__ == "__main__":
