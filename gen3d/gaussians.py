@@ -130,6 +130,20 @@ class Gaussians:
         }
 
 
+def rotate_x_180(gaussians: Gaussians) -> Gaussians:
+    """The same scene turned 180° about the x axis (y and z negated), for viewers whose up is -y.
+
+    gradio's Model3D splat viewer (like most 3DGS viewers, which follow COLMAP/OpenCV worlds) shows
+    +y pointing down; gen3d's world is +y up, so files meant for such a viewer go through this.
+    Rotations compose as q' = (0, 1, 0, 0) ⊗ q (wxyz).
+    """
+    w, x, y, z = gaussians.quats.unbind(-1)
+    quats = torch.stack([-x, w, -z, y], dim=-1)  # (0, 1, 0, 0) ⊗ (w, x, y, z)
+    flip = torch.tensor([1.0, -1.0, -1.0], dtype=gaussians.means.dtype, device=gaussians.means.device)
+    return Gaussians(means=gaussians.means * flip, quats=quats, scales=gaussians.scales,
+                     opacities=gaussians.opacities, colors=gaussians.colors)
+
+
 # ------------------------------------------------------------------------------------------------ .ply
 def save_ply(gaussians: Gaussians, path: str | os.PathLike, min_opacity: float = PLY_OPACITY_THRESHOLD) -> Path:
     """Write the official 3DGS-compatible .ply (spec 11.1) after pruning by opacity."""
@@ -235,5 +249,5 @@ def random_gaussians(n: int, generator: torch.Generator, extent: float = 0.5, sc
     return Gaussians(means=means, quats=quats, scales=scales, opacities=opacities, colors=colors)
 
 
-__all__ = ["Gaussians", "activate", "save_ply", "load_ply", "save_splat", "load_splat", "random_gaussians",
+__all__ = ["Gaussians", "activate", "rotate_x_180", "save_ply", "load_ply", "save_splat", "load_splat", "random_gaussians",
            "SH_C0", "PLY_OPACITY_THRESHOLD"]

@@ -28,9 +28,9 @@ def test_model3d_shows_a_gen3d_ply(tmp_path):
     import gradio as gr
     from playwright.sync_api import sync_playwright
 
-    from gen3d.gaussians import save_ply
+    from gen3d.gaussians import rotate_x_180, save_ply
 
-    ply = save_ply(sphere_of_gaussians(), tmp_path / "ball.ply")
+    ply = save_ply(rotate_x_180(sphere_of_gaussians()), tmp_path / "ball.ply")  # the viewer's up is -y
     with gr.Blocks() as demo:
         gr.Model3D(value=str(ply), label="splat", elem_id="viewer", height=400)
     demo.launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, allowed_paths=[str(tmp_path)])
@@ -56,4 +56,9 @@ def test_model3d_shows_a_gen3d_ply(tmp_path):
     colourful = (pixels.max(axis=-1) - pixels.min(axis=-1)) > 60  # the ball is saturated, the background grey/white
     assert colourful.mean() > 0.01, "the splat viewer drew nothing"
     assert not [e for e in errors if "favicon" not in e], errors
+    # +y (green) must be up on screen: the top half of the ball greener than the bottom half
+    ys, xs = np.nonzero(colourful)
+    mid = (ys.min() + ys.max()) / 2
+    green = pixels[..., 1] - pixels[..., [0, 2]].mean(axis=-1)
+    assert green[ys[ys < mid], xs[ys < mid]].mean() > green[ys[ys > mid], xs[ys > mid]].mean() + 20
     shutil.copy(shot, tmp_path.parent / "model3d_last.png")
