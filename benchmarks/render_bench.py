@@ -100,8 +100,8 @@ def main() -> None:
                   f"dense ~{r['dense']:.1f} s, x{r['speedup']:.0f}; mean Gaussians per pixel {r['mean_contrib']:.1f}, "
                   f"alpha > 0.5 on {100 * r['coverage']:.0f}% of pixels", flush=True)
     print(f"load after: {load()}\n")
-    print(f"| Gaussians | image | forward, 4 views | per view | backward, 4 views | dense reference, 4 views* | "
-          f"speed-up vs dense |")
+    print("| Gaussians | image | forward, 4 views | per view | backward, 4 views | dense reference, 4 views* | "
+          "speed-up vs dense |")
     print("|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
         print(f"| {r['n']:,} | {r['size']}² | {r['fwd']:.2f} s | {1000 * r['fwd'] / 4:.0f} ms | {r['bwd']:.2f} s | "

@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import save_file
 
 from gen3d.pipeline import (
-    Gen3DPipeline, PipelineConfig, build_pipeline, fetch_file, tiny_pipeline, unet_config_from_imagedream,
+    Gen3DPipeline, fetch_file, tiny_pipeline, unet_config_from_imagedream,
 )
 from gen3d.weights import WeightsError
 from conftest import load_golden

@@ -22,7 +22,6 @@ from gen3d.preprocess import (
     HEURISTIC_LABEL,
     MAX_SIDE,
     OBJECT_BORDER_RATIO,
-    BackgroundRemover,
     InvalidImageError,
     background_remover,
     decode_image,
