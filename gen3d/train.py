@@ -44,6 +44,7 @@ class TrainConfig:
     out: str  # run folder: checkpoint/, log.jsonl, loss_curve.png, samples/
     stage: str = "joint"  # "vae" or "joint"
     init: str = "tiny-random"  # "tiny-random", a gen3d checkpoint folder, or a preset (fine-tuning)
+    init_reconstructor: str = ""  # optional gen3d folder whose reconstructor replaces init's (staged runs)
     steps: int = 1000  # total optimizer steps of this stage (resume continues to this number)
     batch_size: int = 4
     n_novel: int = 4  # novel views per object supervised by L_3D
@@ -62,6 +63,7 @@ class TrainConfig:
     lambda_2d: float = 1.0
     lambda_alpha: float = 1.0
     kl_weight: float = 1e-6  # VAE stage
+    vae_crop: int = 0  # VAE stage: train on random square crops of this size (0 = whole views); 4x cheaper at half size
     checkpoint_every: int = 100
     sample_every: int = 500
     log_every: int = 10
@@ -107,6 +109,9 @@ def joint_losses(pipe, batch, config: TrainConfig, generator: torch.Generator) -
     t, noise, x_t, alpha_bar = diffusion_inputs(pipe, z0, generator)
     losses: dict[str, Tensor] = {}
 
+    if not config.train_2d and config.x0_source == "gt":  # reconstructor warm-up: the UNet is not needed
+        return _reconstruction_losses(pipe, batch, config, tgt, tgt, x_t, t, inp)
+
     drop = (torch.rand(B, generator=generator) < config.cfg_dropout).to(device)
     keep = (~drop).to(dtype)
     features = encode_image_prompt(pipe.image_encoder, inp) * keep.view(B, 1, 1)
@@ -129,6 +134,21 @@ def joint_losses(pipe, batch, config: TrainConfig, generator: torch.Generator) -
         else:
             x0_tilde = (x_t - (1 - alpha_bar).sqrt() * eps_pred.detach()) / alpha_bar.sqrt()
             x0_images = vae_decode(pipe.vae, x0_tilde.flatten(0, 1)).view(B, V, 3, H, W)
+    return losses | _reconstruction_losses(pipe, batch, config, tgt, x0_images, x_t, t, inp)
+
+
+def _reconstruction_losses(pipe, batch, config: TrainConfig, tgt: Tensor, x0_images: Tensor, x_t: Tensor,
+                           t: Tensor, inp: Tensor) -> dict[str, Tensor]:
+    """Steps 3-4 of Algorithm 1: x0 images (decoded x0_tilde, or the targets) -> Gaussians -> L_3D."""
+    from gen3d.cameras import Cameras, target_cameras
+    from gen3d.conditioning import vae_decode
+    from gen3d.reconstructor import build_reconstructor_input, reconstructor_timesteps
+    from gen3d.render import render
+
+    device, dtype = pipe.device, pipe.dtype
+    B, V, _, H, W = tgt.shape
+    losses: dict[str, Tensor] = {}
+    with torch.no_grad():
         xt_images = vae_decode(pipe.vae, x_t.flatten(0, 1)).view(B, V, 3, H, W)
     rays = target_cameras(H).plucker().to(device, dtype)
     recon_in = build_reconstructor_input(x0_images, xt_images, inp, rays)
@@ -150,6 +170,11 @@ def vae_losses(pipe, batch, config: TrainConfig, generator: torch.Generator) -> 
     """Reconstruction (MSE + L1) and a small KL term for the small model's VAE."""
     views = torch.cat([batch.target_rgb.flatten(0, 1), batch.novel_rgb.flatten(0, 1)]).to(pipe.device, pipe.dtype)
     x = views * 2 - 1
+    if config.vae_crop and config.vae_crop < x.shape[-1]:  # the VAE is convolutional: crops teach it as well
+        factor = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
+        cells = (x.shape[-1] - config.vae_crop) // factor + 1
+        i, j = (torch.randint(0, cells, (2,), generator=generator) * factor).tolist()
+        x = x[..., i: i + config.vae_crop, j: j + config.vae_crop]
     dist = pipe.vae.encode(x).latent_dist
     z = dist.mean + dist.std * torch.randn(dist.mean.shape, generator=generator).to(x)
     recon = pipe.vae.decode(z).sample
@@ -280,8 +305,14 @@ def load_start(config: TrainConfig):
             return Gen3DPipeline.from_pretrained(checkpoint / "pipeline"), checkpoint, info["step"]
         return Gen3DPipeline.from_pretrained(checkpoint / "pipeline"), None, 0  # next stage starts from it
     if config.init == "tiny-random":
-        return tiny_pipeline(seed=config.seed, name="tiny"), None, 0
-    return Gen3DPipeline.from_pretrained(config.init), None, 0
+        pipe = tiny_pipeline(seed=config.seed, name="tiny")
+    else:
+        pipe = Gen3DPipeline.from_pretrained(config.init)
+    if config.init_reconstructor:
+        other = Gen3DPipeline.from_pretrained(config.init_reconstructor)
+        pipe.reconstructor.load_state_dict(other.reconstructor.state_dict())
+        pipe.notes.append(f"reconstructor from {config.init_reconstructor}")
+    return pipe, None, 0
 
 
 def train(config: TrainConfig, max_seconds: Optional[float] = None) -> dict:
