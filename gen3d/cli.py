@@ -210,14 +210,115 @@ def run_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
+    from gen3d.evaluate import DOMAINS
+
+    model = parser.add_mutually_exclusive_group()
+    model.add_argument("--preset", default=None,
+                       help="tiny (default), gen3diffusion or human3diffusion; tiny-random: the tiny architecture "
+                            "with random weights (testing the evaluation itself)")
+    model.add_argument("--checkpoint", default=None, help="a checkpoint folder (gen3d layout or the released files)")
+    parser.add_argument("--seeds", required=True,
+                        help="procedural objects START-END (inclusive) or SEED; held-out seeds start at 1000000")
+    parser.add_argument("--domain", choices=DOMAINS, default=None,
+                        help="objects, people (avatar) or both per seed (mixed); default: the model's domain")
+    parser.add_argument("--data", default=None,
+                        help="dataset folder to read the ground truth from (objects it lacks are rendered)")
+    parser.add_argument("--steps", type=int, default=None, help="DDIM steps (default: the model's)")
+    parser.add_argument("--cfg", type=float, default=None, help="classifier-free guidance scale (default: the model's)")
+    parser.add_argument("--modes", default="3d,2d", help="comma-separated sampling modes to compare (3d, 2d)")
+    parser.add_argument("--novel", type=int, default=8, help="novel views per object")
+    parser.add_argument("--seed", type=int, default=0, help="object s is sampled with generator seed SEED + s")
+    parser.add_argument("--json", default=None, help="write the figures as JSON here")
+    parser.add_argument("--figure", default=None, help="write a PNG of results and ground truth here")
+    parser.add_argument("--figure-objects", type=int, default=4, help="objects in the figure")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: best available)")
+    parser.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32")
+    parser.add_argument("--allow-train-seeds", action="store_true",
+                        help="allow seeds below 1000000 (training objects: the figures will flatter the model)")
+
+
+def _evaluation_settings(args: argparse.Namespace) -> tuple[list[int], tuple[str, ...]]:
+    """Seeds and modes from the flags; ValueError with a readable message on bad values."""
+    from gen3d.evaluate import check_seeds, parse_seed_range
+    from gen3d.sampler import GUIDANCE_MODES
+
+    seeds = parse_seed_range(args.seeds)
+    check_seeds(seeds, args.allow_train_seeds)
+    modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
+    if not modes or set(modes) - set(GUIDANCE_MODES) or len(set(modes)) != len(modes):
+        raise ValueError(f"--modes must list distinct values of {', '.join(GUIDANCE_MODES)}, got {args.modes!r}")
+    if args.steps is not None and args.steps < 1:
+        raise ValueError(f"--steps must be at least 1, got {args.steps}")
+    if args.novel < 1:
+        raise ValueError(f"--novel must be at least 1, got {args.novel}")
+    if args.data is not None and not (Path(args.data) / "meta.json").is_file():
+        raise ValueError(f"--data {args.data}: not a dataset folder (no meta.json)")
+    return seeds, modes
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    import torch
+    from tqdm import tqdm
+
+    from gen3d.evaluate import evaluate, save_figure
+    from gen3d.export import write_metrics
+    from gen3d.pipeline import Gen3DPipeline, tiny_pipeline
+    from gen3d.weights import WeightsError
+
+    try:
+        seeds, modes = _evaluation_settings(args)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    device, dtype = args.device or default_device(), getattr(torch, args.dtype)
+    name = args.checkpoint or args.preset or "tiny"
+    try:
+        pipe = (tiny_pipeline(seed=0).to(device=device, dtype=dtype) if name == "tiny-random"
+                else Gen3DPipeline.from_pretrained(name, device=device, dtype=dtype))
+    except WeightsError as err:
+        print(f"error: cannot load '{name}': {err} (--checkpoint DIR evaluates a trained folder)", file=sys.stderr)
+        return 2
+    print(f"model: {pipe.describe()}")
+    steps = args.steps or pipe.config.num_inference_steps
+    objects = len(seeds) * (2 if (args.domain or pipe.config.domain) == "mixed" else 1)
+    bar = tqdm(total=objects * len(modes) * steps, unit="step", desc="evaluate")
+    done = []
+
+    def report(row) -> None:
+        done.append(row)
+        bar.write(f"[{len(done)}/{objects * len(modes)}] {row.object_id} ({row.family}) {row.mode}: "
+                  f"novel PSNR {row.psnr_novel:.2f} dB, SSIM {row.ssim_novel:.3f}, IoU {row.iou_novel:.3f}, "
+                  f"2D-vs-3D {row.consistency_psnr:.2f} dB, {row.seconds:.1f} s")
+
+    try:
+        evaluation = evaluate(pipe, seeds, modes, num_inference_steps=steps, guidance_scale=args.cfg,
+                              domain=args.domain, data=args.data, n_novel=args.novel, seed=args.seed,
+                              allow_train_seeds=args.allow_train_seeds,
+                              keep_images=args.figure_objects if args.figure else 0,
+                              on_step=lambda record: bar.update(1), on_result=report)
+    except ValueError as err:  # e.g. a dataset folder without the split or with too few novel views
+        bar.close()
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    bar.close()
+    print(evaluation.table())
+    if args.json:
+        print(f"figures -> {write_metrics(evaluation.to_dict(), args.json)}")
+    if args.figure:
+        print(f"figure -> {save_figure(evaluation, args.figure, args.figure_objects)}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m gen3d", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     add_infer_arguments(sub.add_parser("infer", help="image(s) -> Gaussian splats, views, videos, metrics"))
     add_data_arguments(sub.add_parser("data", help="render a procedural multi-view dataset"))
     add_train_arguments(sub.add_parser("train", help="joint 2D + 3D training (Algorithm 1), resumable"))
+    add_evaluate_arguments(sub.add_parser("evaluate", help="held-out PSNR, SSIM, mask IoU: 3d vs 2d guidance"))
     args = parser.parse_args(argv)
-    commands = {"infer": run_infer, "data": run_data, "train": run_train}
+    commands = {"infer": run_infer, "data": run_data, "train": run_train, "evaluate": run_evaluate}
     return commands[args.command](args)
 
 
