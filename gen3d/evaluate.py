@@ -23,9 +23,7 @@ truth's cameras and size on a white background and measured:
   the half-covered pixels would flip with the 8-bit rounding of a dataset folder (IoU 0.91 between
   the rendered and the stored views of one object; with ">=" they agree);
 * consistency_psnr: PSNR between the 2D estimates x0_tilde and the 3D renders x0_hat of the
-  sampler's last step at the 4 target views (``StepRecord.psnr`` of the last record). That pair is
-  computed before the last DDIM update (the record does not keep the final pass's x0_tilde), so with
-  a single step it is the same in both modes.
+  sampler's final pass (on the final latents) at the 4 target views.
 View values are averaged per object, then object values per mode.
 """
 
@@ -268,7 +266,7 @@ def evaluate_object(pipe, gt: GroundTruth, config: SamplerConfig, generator: tor
         iou_target=float(mask_iou(target_alpha, gt.target_alpha).mean()),
         psnr_novel=float(psnr(novel, gt.novel_rgb).mean()), ssim_novel=float(ssim(novel, gt.novel_rgb).mean()),
         iou_novel=float(mask_iou(novel_alpha, gt.novel_alpha).mean()),
-        consistency_psnr=float(last.psnr.mean()), seconds=time.perf_counter() - start,
+        consistency_psnr=float(psnr(last.final_x0_tilde_images, last.final_images).mean()), seconds=time.perf_counter() - start,
         target_renders=target if keep_images else None, novel_renders=novel if keep_images else None)
 
 

@@ -185,7 +185,11 @@ class Gen3DPipeline:
     def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> "Gen3DPipeline":
         """Move every part; ``dtype`` float16/bfloat16 are for GPUs (float32 on CPU)."""
         for module in self.modules().values():
-            module.to(device=device, dtype=dtype)
+            current = next(module.parameters(), None)
+            if dtype is None or (current is not None and current.dtype == dtype):
+                module.to(device=device)  # no dtype: diffusers warns about any cast, even a no-op one
+            else:
+                module.to(device=device, dtype=dtype)
         return self
 
     def eval(self) -> "Gen3DPipeline":

@@ -158,6 +158,7 @@ class StepRecord:
     seconds: float  # wall time of this step
     final_gaussians: Optional[Gaussians] = None  # last record only: Gaussians of the final pass
     final_images: Optional[Tensor] = None  # last record only: their renders at the target views
+    final_x0_tilde_images: Optional[Tensor] = None  # last record only: the final pass's 2D estimates
 
     @property
     def is_last(self) -> bool:
@@ -263,6 +264,7 @@ def _record(step: DenoiseStep, num_steps: int) -> StepRecord:
     if step.final_lifted is not None:
         record.final_gaussians = step.final_lifted.gaussians[0].detach().to(device="cpu", dtype=torch.float32)
         record.final_images = step.final_lifted.renders.float().clamp(0, 1).cpu()
+        record.final_x0_tilde_images = _image01(step.final_lifted.x0_images)
     return record
 
 
