@@ -310,6 +310,24 @@ def run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_assemble_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--base", required=True, help="gen3d folder giving every part (e.g. the 2D run's checkpoint)")
+    parser.add_argument("--reconstructor", default="", help="gen3d folder whose reconstructor replaces the base's")
+    parser.add_argument("--vae-decoder", default="", help="gen3d folder whose VAE decoder replaces the base's")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--dtype", choices=("float32", "float16"), default="float16")
+    parser.add_argument("--name", default="tiny")
+
+
+def run_assemble(args: argparse.Namespace) -> int:
+    from gen3d.train import assemble
+
+    out = assemble(args.base, args.out, args.reconstructor, args.vae_decoder, args.dtype, args.name)
+    size = sum(f.stat().st_size for f in Path(out).rglob("*") if f.is_file())
+    print(f"{out}: {size / 1e6:.1f} MB")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m gen3d", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -317,8 +335,10 @@ def main(argv: list[str] | None = None) -> int:
     add_data_arguments(sub.add_parser("data", help="render a procedural multi-view dataset"))
     add_train_arguments(sub.add_parser("train", help="joint 2D + 3D training (Algorithm 1), resumable"))
     add_evaluate_arguments(sub.add_parser("evaluate", help="held-out PSNR, SSIM, mask IoU: 3d vs 2d guidance"))
+    add_assemble_arguments(sub.add_parser("assemble", help="combine staged training runs into one checkpoint folder"))
     args = parser.parse_args(argv)
-    commands = {"infer": run_infer, "data": run_data, "train": run_train, "evaluate": run_evaluate}
+    commands = {"infer": run_infer, "data": run_data, "train": run_train, "evaluate": run_evaluate,
+                "assemble": run_assemble}
     return commands[args.command](args)
 
 

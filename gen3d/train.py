@@ -63,7 +63,7 @@ class TrainConfig:
     lambda_2d: float = 1.0
     lambda_alpha: float = 1.0
     kl_weight: float = 1e-6  # VAE stage
-    vae_crop: int = 0  # VAE stage: train on random square crops of this size (0 = whole views); 4x cheaper at half size
+    vae_decoder_only: bool = False  # VAE stage: keep the encoder (and so the latent space) fixed, refine the decoder
     checkpoint_every: int = 100
     sample_every: int = 500
     log_every: int = 10
@@ -170,11 +170,6 @@ def vae_losses(pipe, batch, config: TrainConfig, generator: torch.Generator) -> 
     """Reconstruction (MSE + L1) and a small KL term for the small model's VAE."""
     views = torch.cat([batch.target_rgb.flatten(0, 1), batch.novel_rgb.flatten(0, 1)]).to(pipe.device, pipe.dtype)
     x = views * 2 - 1
-    if config.vae_crop and config.vae_crop < x.shape[-1]:  # the VAE is convolutional: crops teach it as well
-        factor = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
-        cells = (x.shape[-1] - config.vae_crop) // factor + 1
-        i, j = (torch.randint(0, cells, (2,), generator=generator) * factor).tolist()
-        x = x[..., i: i + config.vae_crop, j: j + config.vae_crop]
     dist = pipe.vae.encode(x).latent_dist
     z = dist.mean + dist.std * torch.randn(dist.mean.shape, generator=generator).to(x)
     recon = pipe.vae.decode(z).sample
@@ -282,7 +277,10 @@ def write_sample(pipe, dataset, out: Path, step: int, steps: int = 20) -> Path:
 # -------------------------------------------------------------------------------------------- loop
 def trainable_parameters(pipe, config: TrainConfig, image_encoder: bool = True) -> list[dict]:
     if config.stage == "vae":
-        return [{"params": list(pipe.vae.parameters()), "lr": config.lr_vae}]
+        vae = pipe.vae
+        params = (list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters()) if config.vae_decoder_only
+                  else list(vae.parameters()))
+        return [{"params": params, "lr": config.lr_vae}]
     groups = []
     if config.train_2d:
         params = list(pipe.unet.parameters()) + (list(pipe.image_encoder.parameters()) if image_encoder else [])
@@ -396,7 +394,7 @@ def train(config: TrainConfig, max_seconds: Optional[float] = None) -> dict:
         else:
             continue
         break
-    if config.stage == "vae":
+    if config.stage == "vae" and not config.vae_decoder_only:  # a fixed encoder keeps its latent scale
         calibrate_vae_scale(pipe, dataset)
     save_checkpoint(pipe, optimizer, step, config, generator)
     if log_path.exists():
@@ -414,3 +412,29 @@ def calibrate_vae_scale(pipe, dataset, n: int = 64) -> float:
     scale = float(1.0 / latents.std())
     pipe.vae.register_to_config(scaling_factor=scale)
     return scale
+
+
+def assemble(base: str, out: str, reconstructor: str = "", vae_decoder: str = "", dtype: str = "float32",
+             name: str = "tiny") -> Path:
+    """Combine the parts of staged runs into one gen3d checkpoint folder (what assets/tiny is).
+
+    ``base`` gives every part; ``reconstructor`` (a gen3d folder) replaces the reconstructor and
+    ``vae_decoder`` the VAE's decoder (from a ``--vae-decoder-only`` run on the same encoder, so the
+    latent space is unchanged). ``dtype="float16"`` halves the files; loading casts back.
+    """
+    from dataclasses import replace
+
+    from gen3d.pipeline import Gen3DPipeline
+
+    pipe = Gen3DPipeline.from_pretrained(base)
+    if reconstructor:
+        pipe.reconstructor.load_state_dict(Gen3DPipeline.from_pretrained(reconstructor).reconstructor.state_dict())
+    if vae_decoder:
+        other = Gen3DPipeline.from_pretrained(vae_decoder).vae
+        if any(not torch.equal(a, b) for a, b in zip(pipe.vae.encoder.state_dict().values(), other.encoder.state_dict().values())):
+            raise ValueError(f"{vae_decoder}: its VAE encoder differs from {base}'s, so its decoder reads another latent space")
+        pipe.vae.decoder.load_state_dict(other.decoder.state_dict())
+        pipe.vae.post_quant_conv.load_state_dict(other.post_quant_conv.state_dict())
+    pipe.config = replace(pipe.config, name=name)
+    pipe.to(dtype=getattr(torch, dtype))
+    return pipe.save_pretrained(out)

@@ -73,3 +73,29 @@ def test_config_is_validated():
         TrainConfig(data="d", out="o", stage="everything")
     with pytest.raises(ValueError, match="nothing to train"):
         TrainConfig(data="d", out="o", train_2d=False, train_3d=False)
+
+
+def test_assemble_combines_staged_runs(tmp_path):
+    from gen3d.pipeline import Gen3DPipeline, tiny_pipeline
+    from gen3d.train import assemble
+
+    a, b = tiny_pipeline(seed=0), tiny_pipeline(seed=1)
+    a.save_pretrained(tmp_path / "a")
+    b.save_pretrained(tmp_path / "b")
+    decoder_run = tiny_pipeline(seed=0)  # same encoder as a, decoder refined
+    with torch.no_grad():
+        for p in decoder_run.vae.decoder.parameters():
+            p.add_(0.01)
+    decoder_run.save_pretrained(tmp_path / "dec")
+    assemble(str(tmp_path / "a"), str(tmp_path / "out"), reconstructor=str(tmp_path / "b"),
+             vae_decoder=str(tmp_path / "dec"), dtype="float16")
+    out = Gen3DPipeline.from_pretrained(tmp_path / "out")
+    assert out.dtype == torch.float32  # loading casts the float16 files back
+    for p, q in zip(out.reconstructor.parameters(), b.reconstructor.parameters()):
+        torch.testing.assert_close(p, q.half().float())
+    for p, q in zip(out.unet.parameters(), a.unet.parameters()):
+        torch.testing.assert_close(p, q.half().float())
+    for p, q in zip(out.vae.decoder.parameters(), decoder_run.vae.decoder.parameters()):
+        torch.testing.assert_close(p, q.half().float())
+    with pytest.raises(ValueError, match="latent space"):  # b's encoder differs from a's
+        assemble(str(tmp_path / "a"), str(tmp_path / "bad"), vae_decoder=str(tmp_path / "b"))
