@@ -126,7 +126,7 @@ def _final_outputs(run: Path):
     state = {"run": str(run), "modes": list(trajectories), "steps": n}
     centres = gaussian_centres_figure(load_ply(main.folder / "gs.ply"))
     return (str(main.folder / "viewer.ply"), str(main.folder / "turntable.mp4"), centres, files,
-            gr.update(minimum=1, maximum=n, value=n, step=1, interactive=True), state)
+            gr.update(minimum=1, maximum=max(n, 2), value=n, step=1, interactive=n > 1), state)  # gradio: min < max
 
 
 def _checked_run(state) -> Path:
@@ -177,7 +177,11 @@ def generate(path, kind, remove_background, border_ratio, preset, steps, cfg, se
     progress(0, desc="loading the model")
     pipe = _load(preset, kind)
     pre = _preprocess(path, kind, remove_background, border_ratio, size=pipe.config.image_size)
-    run = _folders().new_run(_session(request))
+    try:
+        run = _folders().new_run(_session(request))
+    except OSError as err:  # the outputs root is missing, read-only or full
+        raise gr.Error(f"Could not create a folder for the results ({err.strerror or err}); "
+                       "the server's output folder is unusable. Please try again later.") from err
     finished = False
     try:
         save_image(pre.image[0], run / "input.png")
@@ -314,7 +318,9 @@ def build_demo() -> gr.Blocks:
                 report = gr.Markdown()
         with gr.Accordion("Sampling settings", open=True):
             with gr.Row():
-                preset = gr.Dropdown(["auto", "tiny", "gen3diffusion", "human3diffusion"], value=APP["preset"],
+                choices = ["auto", "tiny", "gen3diffusion", "human3diffusion"]
+                choices += [APP["preset"]] if APP["preset"] not in choices else []  # --preset FOLDER
+                preset = gr.Dropdown(choices, value=APP["preset"],
                                      label="Model", info="auto: tiny on CPU; the released models on a GPU")
                 mode = gr.Radio(list(MODE_CHOICES), value=list(MODE_CHOICES)[0], label="Guidance")
             with gr.Row():

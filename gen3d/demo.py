@@ -237,7 +237,10 @@ class RunFolders:
     def __init__(self, root: Path, max_age_s: float = 6 * 3600):
         self.root = Path(root).resolve()
         self.max_age_s = max_age_s
-        self.root.mkdir(parents=True, exist_ok=True)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError:  # read-only or blocked: the app still starts; new_run raises and the run says why
+            pass
 
     def new_run(self, session: str) -> Path:
         safe = "".join(c for c in session if c.isalnum())[:40] or "anonymous"
@@ -265,6 +268,8 @@ class RunFolders:
         """Remove session folders untouched for longer than max_age_s; returns how many."""
         now = time.time() if now is None else now
         removed = 0
+        if not self.root.is_dir():
+            return 0
         for folder in self.root.iterdir():
             try:
                 if folder.is_dir() and now - folder.stat().st_mtime > self.max_age_s:
@@ -401,8 +406,9 @@ class ModelManager:
                 else:
                     pipe = Gen3DPipeline.from_pretrained(name, device=self.device, dtype=getattr(torch, self.dtype),
                                                          checkpoint_dir=self.checkpoint_dir, base_dir=self.base_dir)
-            except WeightsError as err:
-                self.error = f"could not load '{name}': {err}"
+            except Exception as err:  # noqa: BLE001 - diffusers/transformers parts fail with OSError, ValueError, ...
+                reason = str(err) if isinstance(err, WeightsError) else f"{type(err).__name__}: {err}"
+                self.error = f"could not load '{name}': {reason}"
                 raise WeightsError(self.error) from err
             self.pipe, self.preset, self.error = pipe, name, None
             self.notes = [n for n in self.notes if not n.startswith("Loaded")] + [f"Loaded {name} ({why})."]
