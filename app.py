@@ -277,10 +277,15 @@ def extract_mesh(state, quality: str, request: gr.Request = None):
         shutil.copytree(folder, copy, ignore=shutil.ignore_patterns("steps"))
         folder = copy
     glb = folder / f"mesh_{quality}.glb"
-    if not glb.is_file():
-        mesh = tsdf_mesh(load_ply(folder / "gs.ply"), quality=quality)
-        export_mesh(mesh, glb)
-        export_mesh(mesh, folder / f"mesh_{quality}.obj")
+    try:
+        if not glb.is_file():
+            mesh = tsdf_mesh(load_ply(folder / "gs.ply"), quality=quality)
+            export_mesh(mesh, glb)
+            export_mesh(mesh, folder / f"mesh_{quality}.obj")
+    except ValueError as err:  # e.g. no surface: nothing in the splat reaches alpha 0.5
+        raise gr.Error(f"No mesh could be extracted: {err}") from err
+    except OSError as err:
+        raise gr.Error(f"Could not write the mesh ({err.strerror or err}).") from err
     keep = (".ply", ".splat", ".mp4", ".json", ".glb", ".obj")
     files = [str(p) for p in sorted(folder.iterdir()) if p.suffix in keep and p.name != "viewer.ply"]
     return str(glb), files

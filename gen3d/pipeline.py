@@ -346,21 +346,35 @@ def _load_gen3d_layout(path: Path) -> Gen3DPipeline:
     from gen3d.reconstructor import Reconstructor
     from gen3d.weights import config_from_json
 
-    config = config_from_json(PipelineConfig, (path / PIPELINE_CONFIG_NAME).read_text(), str(path / PIPELINE_CONFIG_NAME))
+    from safetensors import SafetensorError
+
     for part in ("unet", "reconstructor", "vae", "image_encoder"):
         if not (path / part).is_dir():
             raise WeightsError(f"{path} is incomplete: the '{part}' folder is missing")
-    unet = MultiViewUNet.from_pretrained(path / "unet")
-    reconstructor = Reconstructor.from_pretrained(path / "reconstructor")
-    vae = AutoencoderKL.from_pretrained(path / "vae", use_safetensors=True)
-    image_encoder = CLIPVisionModel.from_pretrained(path / "image_encoder", use_safetensors=True)
-    if (path / "prompt_embeddings").is_dir():
-        prompt_encoder = LearnedPromptEmbeddings.from_pretrained(path / "prompt_embeddings")
-    else:
-        from transformers import CLIPTextModel, CLIPTokenizer
+    part = PIPELINE_CONFIG_NAME
+    try:  # diffusers and transformers raise many kinds of errors for broken folders: name the part
+        config = config_from_json(PipelineConfig, (path / part).read_text(), str(path / part))
+        part = "unet"
+        unet = MultiViewUNet.from_pretrained(path / "unet")
+        part = "reconstructor"
+        reconstructor = Reconstructor.from_pretrained(path / "reconstructor")
+        part = "vae"
+        vae = AutoencoderKL.from_pretrained(path / "vae", use_safetensors=True)
+        part = "image_encoder"
+        image_encoder = CLIPVisionModel.from_pretrained(path / "image_encoder", use_safetensors=True)
+        if (path / "prompt_embeddings").is_dir():
+            part = "prompt_embeddings"
+            prompt_encoder = LearnedPromptEmbeddings.from_pretrained(path / "prompt_embeddings")
+        else:
+            from transformers import CLIPTextModel, CLIPTokenizer
 
-        prompt_encoder = CLIPPromptEncoder(CLIPTokenizer.from_pretrained(path / "tokenizer"),
-                                           CLIPTextModel.from_pretrained(path / "text_encoder", use_safetensors=True))
+            part = "text_encoder"
+            prompt_encoder = CLIPPromptEncoder(CLIPTokenizer.from_pretrained(path / "tokenizer"),
+                                               CLIPTextModel.from_pretrained(path / "text_encoder", use_safetensors=True))
+    except WeightsError:
+        raise
+    except (OSError, ValueError, RuntimeError, KeyError, SafetensorError) as err:
+        raise WeightsError(f"{path}: cannot load '{part}': {type(err).__name__}: {err}") from err
     reports = {"unet": unet.load_report, "reconstructor": reconstructor.load_report}
     return Gen3DPipeline(config=config, unet=unet, reconstructor=reconstructor, vae=vae, image_encoder=image_encoder,
                          prompt_encoder=prompt_encoder, load_reports=reports,

@@ -530,23 +530,23 @@ def test_cli_folder_with_hostile_files_runs_the_good_ones_and_reports_the_rest(m
 
 
 CHECKPOINT_CASES = {
-    # name: (mutation of a saved micro checkpoint, words of the error, raised as WeightsError by the library too)
-    "truncated UNet safetensors": (lambda d: truncate(d / "unet" / "model.safetensors"), "truncated or corrupt", True),
+    # name: (mutation of a saved micro checkpoint, words of the error)
+    "truncated UNet safetensors": (lambda d: truncate(d / "unet" / "model.safetensors"), "truncated or corrupt"),
     "reconstructor with wrong shapes": (lambda d: wrong_shapes(d / "reconstructor" / "model.safetensors"),
-                                        "mismatched shapes", True),
+                                        "mismatched shapes"),
     "pickle named model.safetensors": (lambda d: (d / "unet" / "model.safetensors").write_bytes(
-        pickle.dumps({"weight": [0.0]}, protocol=4)), "never unpickles", True),
+        pickle.dumps({"weight": [0.0]}, protocol=4)), "never unpickles"),
     "torch.save zip named model.safetensors": (lambda d: torch_save(d / "reconstructor" / "model.safetensors"),
-                                               "never unpickles", True),
-    "only a .pt beside the config": (lambda d: swap_for_pt(d / "unet"), "weights file not found", True),
-    "unknown config field": (lambda d: (d / "pipeline.json").write_text('{"exec": "import os"}'), "unknown", True),
+                                               "never unpickles"),
+    "only a .pt beside the config": (lambda d: swap_for_pt(d / "unet"), "weights file not found"),
+    "unknown config field": (lambda d: (d / "pipeline.json").write_text('{"exec": "import os"}'), "unknown"),
     "truncated VAE safetensors": (lambda d: truncate(d / "vae" / "diffusion_pytorch_model.safetensors"),
-                                  "diffusion_pytorch_model.safetensors", False),
+                                  "diffusion_pytorch_model.safetensors"),
     "VAE as a pickle .bin only": (lambda d: swap_for_bin(d / "vae", "diffusion_pytorch_model"),
-                                  "no file named diffusion_pytorch_model.safetensors", False),
+                                  "no file named diffusion_pytorch_model.safetensors"),
     "image encoder pickle named .safetensors": (lambda d: (d / "image_encoder" / "model.safetensors").write_bytes(
-        pickle.dumps({"weight": [0.0]}, protocol=4)), "header", False),
-    "pipeline.json not JSON": (lambda d: (d / "pipeline.json").write_text("{not json"), "JSONDecodeError", False),
+        pickle.dumps({"weight": [0.0]}, protocol=4)), "header"),
+    "pipeline.json not JSON": (lambda d: (d / "pipeline.json").write_text("{not json"), "JSONDecodeError"),
 }
 
 
@@ -585,7 +585,7 @@ def test_broken_checkpoint_folders_are_refused_and_never_unpickled(case, micro_f
     from gen3d.pipeline import Gen3DPipeline
     from gen3d.weights import WeightsError
 
-    mutate, words, library_raises_weights_error = CHECKPOINT_CASES[case]
+    mutate, words = CHECKPOINT_CASES[case]
     folder = shutil.copytree(micro_folder, tmp_path / "ckpt")
     mutate(folder)
     unpickled = []
@@ -600,7 +600,6 @@ def test_broken_checkpoint_folders_are_refused_and_never_unpickled(case, micro_f
     with pytest.raises(WeightsError, match=f"could not load .*{re.escape(words)}") as error:
         manager.get(str(folder))
     assert "Load failed" in manager.status() and manager.pipe is None, str(error.value)
-    if library_raises_weights_error:  # the CLI's path
-        with pytest.raises(WeightsError, match=re.escape(words)):
-            Gen3DPipeline.from_pretrained(folder)
+    with pytest.raises(WeightsError, match=re.escape(words)):  # the CLI's path
+        Gen3DPipeline.from_pretrained(folder)
     assert not unpickled
