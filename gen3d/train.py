@@ -232,6 +232,7 @@ def plot_losses(log_path: Path, png_path: Path, keys: Optional[list[str]] = None
     from PIL import Image, ImageDraw
 
     rows = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
+    rows = sorted({r["step"]: r for r in rows}.values(), key=lambda r: r["step"])  # a resumed run re-logs steps: last wins
     keys = keys or [k for k in rows[-1] if k.startswith(("loss", "l2d", "l3d", "mse", "l1"))] if rows else []
     image = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(image)
