@@ -20,6 +20,7 @@ import threading
 import time
 from pathlib import Path
 
+import gen3d  # noqa: F401  (first: sets OMP_WAIT_POLICY before torch is imported)
 import gradio as gr
 
 try:  # ZeroGPU on Hugging Face Spaces; outside a Space the decorator does nothing
@@ -391,6 +392,8 @@ def build_demo() -> gr.Blocks:
                 [live_3d, live_2d, step_status, chart, viewer, turntable, centres, downloads, scrub, state, prepared,
                  report, upload, kind], api_name="load_example", concurrency_id="light", concurrency_limit=4)
         demo.load(lambda: _manager().status(), None, model_status, api_visibility="private")
+        if examples:  # a first visit shows a finished example right away
+            demo.load(lambda: examples[0]["name"], None, example_name, api_visibility="private")
         demo.unload(cleanup_session)
     return demo
 

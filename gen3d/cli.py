@@ -7,6 +7,7 @@ Per input image it writes, into ``DIR/<image stem>/``:
   turntable.mp4    a turn around the object
   trajectory.mp4   the sampling trajectory: x0_tilde (2D estimates) above x0_hat (3D renders), per step
   metrics.json     settings, timings and per-step 2D-vs-3D consistency
+  mesh.glb         with --mesh: a coloured triangle mesh (TSDF fusion, see ``python -m gen3d mesh``), and mesh.json
 A bad file is reported and skipped, the others complete, and the exit code is 1 if any failed.
 Existing results are kept unless --overwrite.
 """
@@ -78,6 +79,9 @@ def add_infer_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: best available)")
     parser.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32")
     parser.add_argument("--turntable-frames", type=int, default=48)
+    parser.add_argument("--mesh", action="store_true", help="also write mesh.glb, a coloured TSDF mesh (+ mesh.json)")
+    parser.add_argument("--mesh-quality", type=mesh_quality, default="low",
+                        help="views of the mesh: low (24), high (72) or a number (see the mesh command)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing results")
 
 
@@ -153,6 +157,17 @@ def run_infer(args: argparse.Namespace) -> int:
                        "guidance": config.guidance, "border_ratio": border, "preprocessing": pre.steps,
                        "seconds": round(seconds, 3), "final_gaussians": final.stats(),
                        "trajectory": summarize_trajectory(records)}, out / "metrics.json")
+        if args.mesh:
+            from gen3d.mesh import extract_mesh, write_mesh_files
+
+            try:
+                mesh = extract_mesh(final, quality=args.mesh_quality)
+            except ValueError as err:  # e.g. nothing opaque enough to give a surface
+                print(f"error: {path}: no mesh: {err}", file=sys.stderr)
+                failed += 1
+            else:
+                write_mesh_files(mesh, out)
+                print(f"{path}: mesh of {len(mesh.mesh.faces)} faces in {mesh.seconds['total']:.1f} s")
         print(f"{path}: {len(final)} Gaussians, mean 2D-vs-3D PSNR {float(records[-1].psnr.mean()):.2f} dB, "
               f"{seconds:.1f} s -> {out}")
     if failed:
@@ -328,6 +343,82 @@ def run_assemble(args: argparse.Namespace) -> int:
     return 0
 
 
+def mesh_quality(text: str) -> str | int:
+    """argparse type of a mesh quality: "low", "high" or a positive number of views."""
+    if text in ("low", "high"):
+        return text
+    if text.isdigit() and int(text) > 0:
+        return int(text)
+    raise argparse.ArgumentTypeError(f"expected low, high or a number of views, got {text!r}")
+
+
+def add_mesh_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("inputs", nargs="+", help="Gaussian .ply files and/or result folders holding gs.ply")
+    parser.add_argument("--quality", type=mesh_quality, default="low",
+                        help="low: 24 views at 192², 192³ voxels; high: 72 views at 512², 512³ voxels; "
+                             "N: N views with the low settings")
+    parser.add_argument("--resolution", type=int, default=None, help="voxels along each edge of the [-0.6, 0.6]³ cube")
+    parser.add_argument("--render-size", type=int, default=None, help="rendered view size in pixels")
+    parser.add_argument("--max-faces", type=int, default=None, help="decimate above this many faces (0: never)")
+    parser.add_argument("--formats", default="glb", help="comma-separated mesh formats: glb, obj, ply")
+    parser.add_argument("--normal-weights", default=None,
+                        help="pifuhd normal network (.safetensors) for the official depth refinement; "
+                             "see gen3d/normal_refine.py to convert pifuhd.pt")
+    parser.add_argument("--out", default=None,
+                        help="output folder (default: beside each input; mesh.* in a result folder, "
+                             "<name>_mesh.* beside another .ply)")
+    parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: best available)")
+
+
+def run_mesh(args: argparse.Namespace) -> int:
+    from gen3d.gaussians import load_ply
+    from gen3d.mesh import MESH_FORMATS, extract_mesh, write_mesh_files
+    from gen3d.weights import WeightsError
+
+    formats = tuple(f".{f.strip().lower().lstrip('.')}" for f in args.formats.split(",") if f.strip())
+    unknown = [f for f in formats if f not in MESH_FORMATS]
+    if unknown or not formats:
+        print(f"error: --formats takes {', '.join(f[1:] for f in MESH_FORMATS)}; got {args.formats!r}", file=sys.stderr)
+        return 2
+    device = args.device or default_device()
+    refiner = None
+    if args.normal_weights:
+        from gen3d.normal_refine import DepthRefiner
+
+        try:
+            refiner = DepthRefiner.from_file(args.normal_weights, device=device)
+        except WeightsError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+    failed = 0
+    for raw in args.inputs:
+        given = Path(raw)
+        ply = given / "gs.ply" if given.is_dir() else given
+        if not ply.is_file():
+            print(f"error: {raw}: no such .ply file or result folder with gs.ply", file=sys.stderr)
+            failed += 1
+            continue
+        name = ply.parent.name if ply.name == "gs.ply" else ply.stem
+        if args.out:
+            directory, stem = Path(args.out), name
+        else:
+            directory, stem = ply.parent, "mesh" if ply.name == "gs.ply" else f"{ply.stem}_mesh"
+        try:
+            result = extract_mesh(load_ply(ply).to(device), quality=args.quality, resolution=args.resolution,
+                                  render_size=args.render_size, max_faces=args.max_faces, normal_weights=refiner)
+        except ValueError as err:
+            print(f"error: {raw}: {err}", file=sys.stderr)
+            failed += 1
+            continue
+        paths = write_mesh_files(result, directory, stem, formats)
+        m = result.mesh
+        print(f"{raw}: {len(m.vertices)} vertices, {len(m.faces)} faces, watertight {m.is_watertight}, "
+              f"{result.seconds['total']:.1f} s -> {', '.join(str(p) for p in paths)}")
+        for note in result.notes:
+            print(f"  {note}")
+    return 1 if failed else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m gen3d", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -336,9 +427,10 @@ def main(argv: list[str] | None = None) -> int:
     add_train_arguments(sub.add_parser("train", help="joint 2D + 3D training (Algorithm 1), resumable"))
     add_evaluate_arguments(sub.add_parser("evaluate", help="held-out PSNR, SSIM, mask IoU: 3d vs 2d guidance"))
     add_assemble_arguments(sub.add_parser("assemble", help="combine staged training runs into one checkpoint folder"))
+    add_mesh_arguments(sub.add_parser("mesh", help="Gaussian .ply or result folder -> coloured mesh (.glb/.obj/.ply)"))
     args = parser.parse_args(argv)
     commands = {"infer": run_infer, "data": run_data, "train": run_train, "evaluate": run_evaluate,
-                "assemble": run_assemble}
+                "assemble": run_assemble, "mesh": run_mesh}
     return commands[args.command](args)
 
 
