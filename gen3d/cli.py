@@ -121,7 +121,7 @@ def run_infer(args: argparse.Namespace) -> int:
     out_root = Path(args.out)
     failed = len(errors)
     for path in files:
-        out = out_root / path.stem
+        out = out_root / (path.stem.strip(". ") or "image")  # a file named '...png' must not write into out's parent
         if (out / "gs.ply").exists() and not args.overwrite:
             print(f"{path}: kept existing results in {out} (use --overwrite to redo)")
             continue
