@@ -188,7 +188,8 @@ def generate(path, kind, remove_background, border_ratio, preset, steps, cfg, se
         save_image(pre.image[0], run / "input.png")
         preview = to_uint8(pre.image[0])  # exactly what the model sees, at its resolution
         writers = {m: TrajectoryWriter(run / m, m) for m in modes}
-        yield (gr.skip(), gr.skip(), f"Starting: {steps} steps, {', '.join(modes)} guidance, seed {seed}…",
+        yield (None if "3d" not in modes else gr.skip(), None if "2d" not in modes else gr.skip(),  # no stale panels
+               f"Starting: {steps} steps, {', '.join(modes)} guidance, seed {seed}…",
                gr.skip(), None, None, None, None, gr.update(interactive=False), None, preview, _report(pre))
         for step in run_modes(pipe, pre.image, modes, steps, float(cfg), seed,
                               window=(float(w_start) / 100, float(w_end) / 100)):

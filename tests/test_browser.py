@@ -62,3 +62,50 @@ def test_model3d_shows_a_gen3d_ply(tmp_path):
     green = pixels[..., 1] - pixels[..., [0, 2]].mean(axis=-1)
     assert green[ys[ys < mid], xs[ys < mid]].mean() > green[ys[ys > mid], xs[ys > mid]].mean() + 20
     shutil.copy(shot, tmp_path.parent / "model3d_last.png")
+
+
+def test_app_page_example_generate_and_viewer(tmp_path):
+    """Open the app, pick an example, generate live: the streamed images change, the viewer draws, no errors."""
+    from playwright.sync_api import sync_playwright
+
+    import app
+    from gen3d.demo import ModelManager
+    from gen3d.pipeline import tiny_pipeline
+
+    app.configure(preset="tiny", manager=ModelManager(device="cpu", loader=lambda name: tiny_pipeline(seed=0)),
+                  outputs=tmp_path / "outputs")
+    demo = app.build_demo().queue(default_concurrency_limit=1, max_size=8)
+    demo.launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True,
+                allowed_paths=[str(tmp_path / "outputs"), str(app.EXAMPLES)])
+    errors, shots = [], tmp_path.parent / "app_screens"
+    shots.mkdir(exist_ok=True)
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+            page = browser.new_page(viewport={"width": 1280, "height": 2400})
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(demo.local_url, wait_until="load", timeout=60000)  # the page keeps a stream open: no "networkidle"
+            page.get_by_label("mushroom").check()  # an example opens instantly, with its recorded trajectory
+            page.get_by_text("Precomputed example").wait_for(timeout=30000)
+            page.wait_for_timeout(1000)
+            page.screenshot(path=str(shots / "1_example.png"), full_page=True)
+            page.get_by_label("Denoising steps").first.fill("4")
+            page.get_by_label("Denoising steps").first.press("Enter")
+            page.get_by_role("button", name="Generate").click()
+            page.get_by_text("step 2/4").first.wait_for(timeout=60000)
+            first = page.locator("img").evaluate_all("els => els.map(e => e.src)")
+            try:
+                page.get_by_text("Scrub the steps below").wait_for(timeout=120000)
+            finally:
+                page.screenshot(path=str(shots / "2_after_run.png"), full_page=True)
+            last = page.locator("img").evaluate_all("els => els.map(e => e.src)")
+            canvas = page.locator("canvas")
+            canvas.first.wait_for(state="visible", timeout=30000)
+            page.wait_for_timeout(5000)
+            page.screenshot(path=str(shots / "2_generated.png"), full_page=True)
+            browser.close()
+    finally:
+        demo.close()
+    assert set(first) != set(last), "the streamed images did not change"
+    assert not [e for e in errors if "favicon" not in e], errors
