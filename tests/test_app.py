@@ -72,6 +72,12 @@ def test_generate_streams_one_update_per_step_and_ends_with_a_ply(client, tmp_pa
     # the scrubber then shows any recorded step of this session's run
     panel_3d, panel_2d, status = client.predict(2, api_name="/show_step")
     assert "step 2/3" in status and Path(panel_3d).is_file() and panel_2d is None
+    # and the mesh button turns this session's splat into a .glb added to the downloads
+    import trimesh
+
+    glb, files = client.predict("low", api_name="/extract_mesh")
+    assert Path(glb).name == "mesh_low.glb" and "mesh_low.glb" in {Path(f).name for f in files}
+    assert len(trimesh.load(glb, force="mesh").faces) > 0
 
 
 def test_both_modes_stream_side_by_side_and_differ(client, tmp_path):
