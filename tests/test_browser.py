@@ -89,7 +89,7 @@ def test_app_page_example_generate_and_viewer(tmp_path):
             page.get_by_label("mushroom").check()  # an example opens instantly, with its recorded trajectory
             page.get_by_text("Precomputed example").wait_for(timeout=30000)
             page.wait_for_timeout(1000)
-            page.screenshot(path=str(shots / "1_example.png"), full_page=True)
+            page.screenshot(path=str(shots / "1_example.png"), full_page=False, timeout=120000)  # software WebGL makes screenshots slow under load
             page.get_by_label("Denoising steps").first.fill("4")
             page.get_by_label("Denoising steps").first.press("Enter")
             page.get_by_role("button", name="Generate").click()
@@ -98,12 +98,12 @@ def test_app_page_example_generate_and_viewer(tmp_path):
             try:
                 page.get_by_text("Scrub the steps below").wait_for(timeout=120000)
             finally:
-                page.screenshot(path=str(shots / "2_after_run.png"), full_page=True)
+                page.screenshot(path=str(shots / "2_after_run.png"), full_page=False, timeout=120000)
             last = page.locator("img").evaluate_all("els => els.map(e => e.src)")
             canvas = page.locator("canvas")
             canvas.first.wait_for(state="visible", timeout=30000)
             page.wait_for_timeout(5000)
-            page.screenshot(path=str(shots / "2_generated.png"), full_page=True)
+            page.screenshot(path=str(shots / "2_generated.png"), full_page=False, timeout=120000)
             browser.close()
     finally:
         demo.close()
