@@ -18,7 +18,6 @@ in assets/examples are run folders written by ``python -m gen3d.demo examples``.
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import time
@@ -343,10 +342,6 @@ def examples_index(folder: Path) -> list[dict]:
             kind = json.loads(traj.read_text()).get("kind", "object")
             found.append({"name": run.name, "kind": kind, "input": run / "input.png", "run": run})
     return found
-
-
-def finite_or_none(value: float) -> Optional[float]:
-    return value if math.isfinite(value) else None
 
 
 # ------------------------------------------------------------------------------------------- models
