@@ -13,6 +13,15 @@ ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--
 pytestmark = pytest.mark.skipif(not shutil.which("chromium"), reason="Debian chromium not installed (.ci/run installs it)")
 
 
+def open_page(playwright, width: int, height: int, errors: list):
+    """Debian's Chromium with a page that records console errors and page errors into ``errors``."""
+    browser = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+    page = browser.new_page(viewport={"width": width, "height": height})
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    return browser, page
+
+
 def sphere_of_gaussians(n: int = 4000):
     """A ball of small Gaussians coloured by position (red +x, green +y, blue +z)."""
     from gen3d.gaussians import Gaussians
@@ -37,10 +46,7 @@ def test_model3d_shows_a_gen3d_ply(tmp_path):
     errors = []
     try:
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-            page = browser.new_page(viewport={"width": 900, "height": 700})
-            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-            page.on("pageerror", lambda e: errors.append(str(e)))
+            browser, page = open_page(p, 900, 700, errors)
             page.goto(demo.local_url, wait_until="networkidle")
             canvas = page.locator("#viewer canvas")
             canvas.first.wait_for(state="visible", timeout=30000)
@@ -81,10 +87,7 @@ def test_app_page_example_generate_and_viewer(tmp_path):
     shots.mkdir(exist_ok=True)
     try:
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-            page = browser.new_page(viewport={"width": 1280, "height": 2400})
-            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-            page.on("pageerror", lambda e: errors.append(str(e)))
+            browser, page = open_page(p, 1280, 2400, errors)
             page.goto(demo.local_url, wait_until="load", timeout=60000)  # the page keeps a stream open: no "networkidle"
             page.get_by_label("mushroom").check()  # an example opens instantly, with its recorded trajectory
             page.get_by_text("Precomputed example").wait_for(timeout=30000)
