@@ -190,7 +190,9 @@ def generate(path, kind, remove_background, border_ratio, preset, steps, cfg, se
         writers = {m: TrajectoryWriter(run / m, m) for m in modes}
         yield (None if "3d" not in modes else gr.skip(), None if "2d" not in modes else gr.skip(),  # no stale panels
                f"Starting: {steps} steps, {', '.join(modes)} guidance, seed {seed}…",
-               gr.skip(), None, None, None, None, gr.update(interactive=False), None, preview, _report(pre))
+               # the splat viewer keeps the last result until this one is ready: clearing it makes gradio mount a
+               # new viewer without disposing the old one, whose render loop keeps running (slow on software WebGL)
+               gr.skip(), gr.skip(), None, None, None, gr.update(interactive=False), None, preview, _report(pre))
         for step in run_modes(pipe, pre.image, modes, steps, float(cfg), seed,
                               window=(float(w_start) / 100, float(w_end) / 100)):
             panels = {m: str(writers[m].add(record)) for m, record in step.items()}

@@ -71,7 +71,7 @@ def test_model3d_shows_a_gen3d_ply(tmp_path):
 
 
 def test_app_page_example_generate_and_viewer(tmp_path):
-    """Open the app, pick an example, generate live: the streamed images change, the viewer draws, no errors."""
+    """Open the app, pick an example, generate live: a new panel per step streams in, the viewer draws, no errors."""
     from playwright.sync_api import sync_playwright
 
     import app
@@ -95,20 +95,27 @@ def test_app_page_example_generate_and_viewer(tmp_path):
             page.screenshot(path=str(shots / "1_example.png"), full_page=False, timeout=120000)  # software WebGL makes screenshots slow under load
             page.get_by_label("Denoising steps").first.fill("4")
             page.get_by_label("Denoising steps").first.press("Enter")
+            # Record every image the page shows from now on: the live panels are replaced once per step.
+            before = set(page.locator("img").evaluate_all("els => els.map(e => e.src)"))
+            page.evaluate("""() => {
+                window.seenImages = new Set();
+                const note = () => document.querySelectorAll('img').forEach(i => window.seenImages.add(i.src));
+                new MutationObserver(note).observe(document.body, {subtree: true, childList: true, attributes: true,
+                                                                    attributeFilter: ['src']});
+            }""")
             page.get_by_role("button", name="Generate").click()
-            page.get_by_text("step 2/4").first.wait_for(timeout=60000)
-            first = page.locator("img").evaluate_all("els => els.map(e => e.src)")
             try:
                 page.get_by_text("Scrub the steps below").wait_for(timeout=120000)
             finally:
-                page.screenshot(path=str(shots / "2_after_run.png"), full_page=False, timeout=120000)
-            last = page.locator("img").evaluate_all("els => els.map(e => e.src)")
+                page.screenshot(path=str(shots / "2_after_run.png"), full_page=True, timeout=120000)
+            seen = page.evaluate("Array.from(window.seenImages)")
             canvas = page.locator("canvas")
             canvas.first.wait_for(state="visible", timeout=30000)
-            page.wait_for_timeout(5000)
+            page.wait_for_timeout(3000)
             page.screenshot(path=str(shots / "2_generated.png"), full_page=False, timeout=120000)
             browser.close()
     finally:
         demo.close()
-    assert set(first) != set(last), "the streamed images did not change"
+    streamed = {src.rsplit("/", 1)[-1] for src in set(seen) - before if src.endswith(".webp")}  # cached as .../NNN.webp
+    assert {"000.webp", "001.webp", "002.webp", "003.webp"} <= streamed, f"a panel per step should stream in: {streamed}"
     assert not [e for e in errors if "favicon" not in e], errors

@@ -42,9 +42,17 @@ _LOG2_ALPHA_MAX = float(torch.log2(torch.tensor(ALPHA_MAX)))  # no clamp needed 
 class TorchRasterConfig:
     """Tuning knobs of the tiled torch backend (results do not depend on them)."""
 
-    sub_tile: int = 8  # pixel sub-tile edge for binning; divides 16
-    chunk: int = 32  # K: list entries composited per step
+    sub_tile: int | None = None  # pixel sub-tile edge for binning, divides 16; None: by image size
+    chunk: int | None = None  # K: list entries composited per step; None: by sub-tile
     max_elements: int = 1 << 21  # at most this many (pixel, entry) pairs per step (memory bound)
+
+    def resolved(self, width: int, height: int) -> "TorchRasterConfig":
+        """Fill the automatic knobs. Measured on a 2-core CPU: small images (the tiny preset's 64²) are
+        ~2x faster with 4-pixel sub-tiles (shorter lists, fewer wasted pairs); from 128² on, 8 is as fast
+        or faster (fewer, fuller compositing steps)."""
+        sub = self.sub_tile or (4 if max(width, height) <= 96 else 8)
+        return TorchRasterConfig(sub_tile=sub, chunk=self.chunk or (48 if sub <= 4 else 32),
+                                 max_elements=self.max_elements)
 
 
 @dataclass
@@ -63,7 +71,7 @@ def rasterize(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, c
               config: TorchRasterConfig | None = None) -> RasterResult:
     """Render N Gaussians into V views. Shapes: means [N, 3], quats [N, 4], scales [N, 3], opacities [N],
     colors [N, 3], w2c [V, 4, 4] (OpenCV world-to-camera), background [3]."""
-    cfg = config or TorchRasterConfig()
+    cfg = (config or TorchRasterConfig()).resolved(width, height)
     if TILE % cfg.sub_tile:
         raise ValueError(f"sub_tile must divide {TILE}, got {cfg.sub_tile}")
     proj = project(means, quats, scales, opacities, w2c, width, height, fx, fy, tan_fovx, tan_fovy, mode)
