@@ -283,14 +283,19 @@ def sample(pipe, image: Tensor, config: SamplerConfig | None = None,
     scheduler = DDIMScheduler.from_config(pipe.scheduler.config)  # per call: the app runs several at once
     scheduler.set_timesteps(config.num_inference_steps, device=pipe.device)
     x_T = models.initial_latents()
-    clock = time.perf_counter()
-    with torch.no_grad():
-        for step in sync_ddim(x_T, scheduler, models.predict_eps, models.lift, models.encode_renders, config.guided,
-                              needs_x0_hat=lambda i: False, eta=config.eta, generator=generator):
+    steps = sync_ddim(x_T, scheduler, models.predict_eps, models.lift, models.encode_renders, config.guided,
+                      needs_x0_hat=lambda i: False, eta=config.eta, generator=generator)
+    while True:
+        # Grad mode is per thread, and a consumer such as gradio may resume this generator from another thread:
+        # no_grad is entered around each step rather than around the loop (which would also leak into the consumer).
+        clock = time.perf_counter()  # time spent by the consumer is not the sampler's
+        with torch.no_grad():
+            step = next(steps, None)
+            if step is None:
+                return
             record = _record(step, config.num_inference_steps)
-            record.seconds = time.perf_counter() - clock
-            yield record
-            clock = time.perf_counter()  # time spent by the consumer is not the sampler's
+        record.seconds = time.perf_counter() - clock
+        yield record
 
 
 def generate(pipe, image: Tensor, config: SamplerConfig | None = None,

@@ -146,6 +146,24 @@ def test_guided_and_two_d_differ_and_early_stop(tiny_pipe, tiny_image):
     assert len(first_two) == 2 and first_two[1].index == 1
 
 
+def test_resumed_from_other_threads_no_graph_and_no_leak(tiny_pipe, tiny_image):
+    """gradio resumes a streaming generator from its worker threads: every step still runs without autograd,
+    and the consumer's own grad mode is left alone between steps."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    stream = sample(tiny_pipe, tiny_image, SamplerConfig(num_inference_steps=3), torch.Generator().manual_seed(0))
+    records, consumer_grad = [], []
+    for _ in range(4):  # 3 records, then the end; each next() in a fresh thread
+        with ThreadPoolExecutor(1) as pool:
+            record, grad = pool.submit(lambda: (next(stream, None), torch.is_grad_enabled())).result()
+        consumer_grad.append(grad)
+        if record is not None:
+            records.append(record)
+    assert len(records) == 3 and all(consumer_grad)
+    for r in records:
+        assert not r.psnr.requires_grad and not r.gaussians.means.requires_grad
+
+
 def test_update_follows_the_spec_formulas(tiny_pipe, tiny_image):
     """Each step: x_prev = sqrt(a_prev)·x0 + sqrt(1 - a_prev)·eps_hat, with eps_hat from the renders."""
     sched = ddim_scheduler()
