@@ -23,6 +23,8 @@ from pathlib import Path
 import gen3d  # noqa: F401  (first: sets OMP_WAIT_POLICY before torch is imported)
 import gradio as gr
 
+from gen3d.demo import MainThreadRunner
+
 try:  # ZeroGPU on Hugging Face Spaces; outside a Space the decorator does nothing
     import spaces
 except ImportError:  # pragma: no cover - spaces is in requirements.txt
@@ -35,6 +37,7 @@ BORDER_DEFAULTS = {"object": 0.45, "person": 0.227}
 MODE_CHOICES = {"3D-synchronized (the paper)": ("3d",), "2D-only (plain multi-view diffusion)": ("2d",),
                 "Both, side by side (same seed)": ("3d", "2d")}
 MAX_STEPS = 100
+RUNNER = MainThreadRunner()  # serves sampler steps on the main thread under `python app.py`
 
 EXPLAINER = r"""
 ### What you are watching
@@ -193,8 +196,8 @@ def generate(path, kind, remove_background, border_ratio, preset, steps, cfg, se
                # the splat viewer keeps the last result until this one is ready: clearing it makes gradio mount a
                # new viewer without disposing the old one, whose render loop keeps running (slow on software WebGL)
                gr.skip(), gr.skip(), None, None, None, gr.update(interactive=False), None, preview, _report(pre))
-        for step in run_modes(pipe, pre.image, modes, steps, float(cfg), seed,
-                              window=(float(w_start) / 100, float(w_end) / 100)):
+        for step in RUNNER.iterate(run_modes(pipe, pre.image, modes, steps, float(cfg), seed,
+                                             window=(float(w_start) / 100, float(w_end) / 100))):
             panels = {m: str(writers[m].add(record)) for m, record in step.items()}
             index = next(iter(step.values())).index
             progress((index + 1) / steps, desc=f"step {index + 1}/{steps}")
@@ -206,7 +209,7 @@ def generate(path, kind, remove_background, border_ratio, preset, steps, cfg, se
         info = {"kind": kind, "seed": seed, "steps": steps, "guidance_scale": float(cfg), "model": pipe.describe(),
                 "guidance_window": [float(w_start) / 100, float(w_end) / 100], "preprocessing": pre.steps}
         for writer in writers.values():
-            writer.finish(pipe.config.render_mode, extra=info)
+            RUNNER.call(writer.finish, pipe.config.render_mode, extra=info)
         finished = True
         viewer, turntable, centres, files, slider, state = _final_outputs(run)
         total = sum(s.seconds for w in writers.values() for s in w.steps)
@@ -451,7 +454,13 @@ def main() -> None:
     preload(args.preset)
     demo.queue(default_concurrency_limit=1, max_size=args.queue_size).launch(
         server_name=args.host, server_port=args.port, share=args.share, max_file_size="20mb", show_error=True,
-        allowed_paths=[str(EXAMPLES), str(OUTPUTS)])
+        allowed_paths=[str(EXAMPLES), str(OUTPUTS)], prevent_thread_lock=True)
+    try:  # the main thread runs the sampler steps (see MainThreadRunner) until Ctrl-C
+        RUNNER.serve(until=threading.Event())
+    except KeyboardInterrupt:
+        pass
+    finally:
+        demo.close()
 
 
 if __name__ == "__main__":

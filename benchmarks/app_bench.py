@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
+import resource
 import subprocess
 import sys
 import time
@@ -66,17 +68,20 @@ def main() -> int:
                     first = time.perf_counter() - start
             total = time.perf_counter() - start
             done = bool(update[2] and "Done" in update[2])
-            rows.append((run + 1, first, total, done))
+            sampling = re.search(r"Done\*\* in ([0-9.]+) s", update[2] or "")
+            rows.append((run + 1, first, total, float(sampling.group(1)) if sampling else float("nan"), done))
     finally:
         server.terminate()
         server.wait(timeout=30)
-    print(f"load average (1 min) at the end: {os.getloadavg()[0]:.2f}")
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    print(f"load average (1 min) at the end: {os.getloadavg()[0]:.2f}; CPU used by this client: "
+          f"{usage.ru_utime + usage.ru_stime:.1f} s")
     print(f"page ready after launch: {ready:.1f} s (target < 15 s)")
-    print(f"| run | first step after click | whole {args.steps}-step run incl. streaming | finished |")
-    print("|---:|---:|---:|:---:|")
-    for run, first, total, done in rows:
-        print(f"| {run} | {first:.2f} s | {total:.1f} s | {'yes' if done else 'NO'} |")
-    return 0 if all(r[3] for r in rows) else 1
+    print(f"| run | first step after click | whole {args.steps}-step run incl. streaming | of which sampling | finished |")
+    print("|---:|---:|---:|---:|:---:|")
+    for run, first, total, sampling, done in rows:
+        print(f"| {run} | {first:.2f} s | {total:.1f} s | {sampling:.1f} s | {'yes' if done else 'NO'} |")
+    return 0 if all(r[4] for r in rows) else 1
 
 
 if __name__ == "__main__":

@@ -210,3 +210,37 @@ def test_trajectory_json_round_trip(tmp_path):
     loaded = Trajectory.load(tmp_path / "3d")
     assert loaded.steps == writer.steps and loaded.extra["seed"] == 3 and loaded.mode == "3d"
     assert json.loads((tmp_path / "3d" / "trajectory.json").read_text())["records"][1]["t"] == 1
+
+
+def test_main_thread_runner_runs_calls_and_streams_on_the_serving_thread():
+    """What `python app.py` does with its main thread: handlers' calls run there, errors and closing reach them."""
+    import threading
+
+    from gen3d.demo import MainThreadRunner
+
+    runner, stop = MainThreadRunner(), threading.Event()
+    assert runner.call(threading.current_thread) is threading.current_thread()  # nothing serves: in place
+    server = threading.Thread(target=runner.serve, args=(stop,), daemon=True)
+    server.start()
+    while not runner.serving:
+        pass
+    assert runner.call(threading.current_thread) is server
+    with pytest.raises(ZeroDivisionError):
+        runner.call(lambda: 1 / 0)
+    closed_on = []
+
+    def numbers():
+        try:
+            for i in range(5):
+                yield i, threading.current_thread()
+        finally:
+            closed_on.append(threading.current_thread())
+
+    stream = runner.iterate(numbers())
+    first, second = next(stream), next(stream)
+    assert [first[0], second[0]] == [0, 1] and first[1] is server and second[1] is server
+    stream.close()  # a stopped run: the underlying generator is closed, on the serving thread
+    assert closed_on == [server]
+    stop.set()
+    server.join(timeout=5)
+    assert not runner.serving and runner.call(threading.current_thread) is threading.current_thread()
