@@ -250,6 +250,20 @@ class Cameras:
         uv = torch.stack([self.fx * cam[..., 0] / z + self.cx, self.fy * cam[..., 1] / z + self.cy], dim=-1)
         return uv, z
 
+    def unproject(self, depth: Tensor) -> Tensor:
+        """Depth maps [V, H, W] of camera z (OpenCV, as ``project`` returns) -> world points [V, H, W, 3].
+
+        Pixel centres at +0.5, the inverse of ``project``; a depth of 0 lands on the camera centre.
+        """
+        V, H, W = depth.shape
+        device, dtype = depth.device, self.c2w_gl.dtype
+        cols = (torch.arange(W, device=device, dtype=dtype) + 0.5 - self.cx) / self.fx
+        rows = (torch.arange(H, device=device, dtype=dtype) + 0.5 - self.cy) / self.fy
+        y, x = torch.meshgrid(rows, cols, indexing="ij")
+        cam = torch.stack([x, y, torch.ones_like(x)], dim=-1) * depth.to(dtype)[..., None]  # [V, H, W, 3]
+        c2w = self.c2w_cv().to(device)
+        return torch.einsum("vij,vhwj->vhwi", c2w[:, :3, :3], cam) + c2w[:, None, None, :3, 3]
+
     def plucker(self) -> Tensor:
         """Plücker ray embedding [V, 6, H, W] of these cameras (see ``plucker_rays``)."""
         return plucker_rays(self.c2w_gl, self.height, self.width, self.fovy_deg)

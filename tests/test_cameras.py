@@ -106,6 +106,19 @@ def test_known_point_lands_on_known_pixel():
     assert z[1, 1] < 1.5 - 0.29
 
 
+def test_unproject_inverts_project():
+    cams = C.target_cameras(32)
+    depth = 1.0 + torch.rand(4, 32, 32, generator=torch.Generator().manual_seed(0))
+    points = cams.unproject(depth)  # [4, 32, 32, 3]
+    centres = torch.stack(torch.meshgrid(torch.arange(32) + 0.5, torch.arange(32) + 0.5, indexing="xy"), -1)
+    for v in range(4):
+        uv, z = cams[v].project(points[v].reshape(-1, 3))
+        assert_close(uv[0], centres.reshape(-1, 2).float(), atol=1e-4, rtol=0)
+        assert_close(z[0], depth[v].reshape(-1), atol=1e-5, rtol=0)
+    # the image centre at depth 1.5 is the world origin in every target view
+    assert_close(cams.resized(2).unproject(torch.full((4, 2, 2), 1.5)).mean(dim=(1, 2)), torch.zeros(4, 3), atol=1e-6, rtol=0)
+
+
 def test_tsdf_and_spiral_views():
     low, high = C.tsdf_cameras("low"), C.tsdf_cameras("high")
     assert len(low) == 24 and len(high) == 72 and low.width == 512
