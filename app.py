@@ -197,7 +197,8 @@ def generate(path, kind, remove_background, border_ratio, preset, steps, cfg, se
                # new viewer without disposing the old one, whose render loop keeps running (slow on software WebGL)
                gr.skip(), gr.skip(), None, None, None, gr.update(interactive=False), None, preview, _report(pre))
         for step in RUNNER.iterate(run_modes(pipe, pre.image, modes, steps, float(cfg), seed,
-                                             window=(float(w_start) / 100, float(w_end) / 100))):
+                                             window=(float(w_start) / 100, float(w_end) / 100),
+                                             autocast=_manager().autocast)):
             panels = {m: str(writers[m].add(record)) for m, record in step.items()}
             index = next(iter(step.values())).index
             progress((index + 1) / steps, desc=f"step {index + 1}/{steps}")
@@ -207,7 +208,8 @@ def generate(path, kind, remove_background, border_ratio, preset, steps, cfg, se
                    gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip())
         progress(1.0, desc="writing the splat, videos and downloads")
         info = {"kind": kind, "seed": seed, "steps": steps, "guidance_scale": float(cfg), "model": pipe.describe(),
-                "guidance_window": [float(w_start) / 100, float(w_end) / 100], "preprocessing": pre.steps}
+                "guidance_window": [float(w_start) / 100, float(w_end) / 100], "preprocessing": pre.steps,
+                "autocast": _manager().autocast}
         for writer in writers.values():
             RUNNER.call(writer.finish, pipe.config.render_mode, extra=info)
         finished = True
@@ -408,11 +410,12 @@ APP: dict = {}
 
 
 def configure(preset: str = "auto", device: str | None = None, dtype: str | None = None, checkpoint_dir=None,
-              base_dir=None, outputs: Path = OUTPUTS, manager=None) -> None:
+              base_dir=None, outputs: Path = OUTPUTS, manager=None, autocast: str = "auto") -> None:
     """Set up the shared model manager and output folders (app start-up and tests)."""
     from gen3d.demo import ModelManager, RunFolders
 
-    APP["manager"] = manager or ModelManager(device=device, dtype=dtype, checkpoint_dir=checkpoint_dir, base_dir=base_dir)
+    APP["manager"] = manager or ModelManager(device=device, dtype=dtype, checkpoint_dir=checkpoint_dir, base_dir=base_dir,
+                                             autocast=autocast)
     APP["folders"] = RunFolders(outputs)
     APP["folders"].clean_old()
     APP["preset"] = preset
@@ -442,6 +445,8 @@ def main() -> None:
     parser.add_argument("--preset", default="auto", help="auto, tiny, gen3diffusion, human3diffusion or a folder")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: best available)")
     parser.add_argument("--dtype", default=None, choices=("float32", "float16", "bfloat16"))
+    parser.add_argument("--autocast", default="auto", choices=("auto", "off", "bfloat16", "float16"),
+                        help="dtype of the network passes: auto = bfloat16 where the device computes it natively")
     parser.add_argument("--checkpoint-dir", default=None, help="folder with the released model*.safetensors")
     parser.add_argument("--base-dir", default=None, help="local copy of the ImageDream base model")
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
@@ -449,7 +454,7 @@ def main() -> None:
     parser.add_argument("--queue-size", type=int, default=16, help="requests waiting beyond this are told the app is busy")
     parser.add_argument("--share", action="store_true")
     args = parser.parse_args()
-    configure(args.preset, args.device, args.dtype, args.checkpoint_dir, args.base_dir)
+    configure(args.preset, args.device, args.dtype, args.checkpoint_dir, args.base_dir, autocast=args.autocast)
     demo = build_demo()
     preload(args.preset)
     demo.queue(default_concurrency_limit=1, max_size=args.queue_size).launch(

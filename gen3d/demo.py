@@ -351,7 +351,8 @@ class MainThreadRunner:
 
 
 def run_modes(pipe, image, modes: Iterable[str], steps: int, guidance_scale: float, seed: int,
-              window: tuple[float, float] = (0.0, 1.0), prompt: Optional[str] = None, negative_prompt: Optional[str] = None):
+              window: tuple[float, float] = (0.0, 1.0), prompt: Optional[str] = None, negative_prompt: Optional[str] = None,
+              autocast: Optional[str] = None):
     """Run one sampler per mode with the same seed, interleaved step by step: yields {mode: record}."""
     import torch
 
@@ -360,7 +361,7 @@ def run_modes(pipe, image, modes: Iterable[str], steps: int, guidance_scale: flo
     streams = {}
     for mode in modes:
         config = SamplerConfig(num_inference_steps=steps, guidance_scale=guidance_scale, guidance=mode,
-                               guidance_window=window, prompt=prompt, negative_prompt=negative_prompt)
+                               guidance_window=window, prompt=prompt, negative_prompt=negative_prompt, autocast=autocast)
         streams[mode] = sample(pipe, image, config, torch.Generator().manual_seed(int(seed)))
     try:
         while True:
@@ -428,13 +429,16 @@ class ModelManager:
     """
 
     def __init__(self, device: Optional[str] = None, dtype: Optional[str] = None, checkpoint_dir: Optional[str] = None,
-                 base_dir: Optional[str] = None, allow_released_on_cpu: bool = False, loader=None):
+                 base_dir: Optional[str] = None, allow_released_on_cpu: bool = False, loader=None,
+                 autocast: str = "auto"):
         import threading
 
-        from gen3d.cli import default_device
+        from gen3d.cli import default_device, resolve_autocast
 
         self.device = device or default_device()
         self.dtype = dtype or ("float32" if self.device == "cpu" else "float16")
+        # the network passes' autocast dtype (None: the pipeline's own dtype), and why
+        self.autocast, autocast_note = resolve_autocast(autocast, self.device, self.dtype)
         self.checkpoint_dir, self.base_dir = checkpoint_dir, base_dir
         self.allow_released_on_cpu = allow_released_on_cpu
         self.loader = loader  # tests: preset -> pipeline
@@ -444,6 +448,7 @@ class ModelManager:
         if self.device == "cpu":
             self.notes.append("No GPU found: running on the CPU, with the tiny model by default." if device is None
                               else "Running on the CPU as requested.")
+        self.notes.append(autocast_note)
 
     def resolve(self, preset: str, kind: str = "object") -> tuple[str, str]:
         """(preset, why) for a requested preset ("auto" or a name)."""

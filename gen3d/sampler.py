@@ -19,6 +19,7 @@ official loop's stored values through it).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass
@@ -43,6 +44,8 @@ class SamplerConfig:
     guidance: str = "3d"  # "3d" (synchronized, the paper) or "2d" (x0_tilde drives the update)
     guidance_window: tuple[float, float] = (0.0, 1.0)  # fraction of the steps with 3D guidance on, [start, end)
     sample_vae: bool = True  # VAE encodings sampled from the posterior (official) or its mean
+    autocast: Optional[str] = None  # e.g. "bfloat16": the network passes run under torch.autocast in that
+    # dtype (the DDIM arithmetic, renders and records stay in the pipeline's dtype); see ``fast_autocast_dtype``
 
     def __post_init__(self) -> None:
         if self.guidance not in GUIDANCE_MODES:
@@ -54,6 +57,8 @@ class SamplerConfig:
             raise ValueError(f"guidance_window must satisfy 0 <= start <= end <= 1, got {self.guidance_window}")
         if self.guidance_scale < 0 or not math.isfinite(self.guidance_scale):
             raise ValueError(f"guidance_scale must be a finite number >= 0, got {self.guidance_scale}")
+        if self.autocast not in (None, "bfloat16", "float16"):
+            raise ValueError(f"autocast must be None, 'bfloat16' or 'float16', got {self.autocast!r}")
 
     def guided(self, index: int) -> bool:
         """Whether step ``index`` (0-based) uses 3D guidance."""
@@ -62,6 +67,21 @@ class SamplerConfig:
         start, end = self.guidance_window
         position = index / self.num_inference_steps
         return start <= position < end or (end == 1.0 and index == self.num_inference_steps - 1)
+
+
+def fast_autocast_dtype(device) -> Optional[str]:
+    """"bfloat16" where ``device`` runs bfloat16 matrix products natively (CUDA with bf16, or a CPU with
+    AMX or AVX512-BF16: 5-7x float32 there), else None (emulated bfloat16 would be slower)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return "bfloat16" if torch.cuda.is_bf16_supported() else None
+    if device.type != "cpu":
+        return None
+    try:
+        flags = next((line for line in open("/proc/cpuinfo") if line.startswith("flags")), "").split()
+    except OSError:  # not Linux: no cheap way to tell
+        return None
+    return "bfloat16" if {"amx_bf16", "avx512_bf16"} & set(flags) else None
 
 
 # ----------------------------------------------------------------------------------------- arithmetic
@@ -222,6 +242,13 @@ class SyncModels:
                 self.camera = camera
         self.rays = target_cameras(size).plucker().to(device=device, dtype=dtype)
         self.render_cameras = target_cameras(pipe.config.render_size).to(device=device)
+        self.autocast = getattr(torch, config.autocast) if config.autocast else None
+
+    def _networks(self):
+        """The context the network passes run in: autocast to ``config.autocast``, or nothing."""
+        if self.autocast is None or self.device.type == "meta":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast)
 
     def initial_latents(self) -> Tensor:
         shape = (self.frames, self.pipe.unet.config.in_channels, self.pipe.latent_size, self.pipe.latent_size)
@@ -231,8 +258,9 @@ class SyncModels:
     def predict_eps(self, x_t: Tensor, t: int) -> Tensor:
         x_in = torch.cat([x_t, x_t]) if self.use_cfg else x_t
         steps = torch.full((x_in.shape[0],), float(t), device=self.device, dtype=self.dtype)
-        out = self.pipe.unet(x_in, steps, self.context, self.camera, None, self.ip_img, num_frames=self.frames,
-                             ip_tokens=self.ip_tokens)
+        with self._networks():
+            out = self.pipe.unet(x_in, steps, self.context, self.camera, None, self.ip_img, num_frames=self.frames,
+                                 ip_tokens=self.ip_tokens).to(self.dtype)
         return cfg_combine(out, self.config.guidance_scale) if self.use_cfg else out
 
     def lift(self, x_t: Tensor, x0_tilde: Tensor, t: int) -> Lifted:
@@ -240,17 +268,21 @@ class SyncModels:
         from gen3d.render import render
 
         views = self.views
-        decoded = self.pipe.decode_latents(torch.cat([x0_tilde, x_t[:views]]))
-        x0_images, xt_images = decoded[:views], decoded[views:]
-        inputs = build_reconstructor_input(x0_images[None], xt_images[None], self.image_ms, self.rays)
-        gaussians = self.pipe.reconstructor(inputs, reconstructor_timesteps(t, 1, device=self.device))
+        with self._networks():
+            decoded = self.pipe.decode_latents(torch.cat([x0_tilde, x_t[:views]])).to(self.dtype)
+            x0_images, xt_images = decoded[:views], decoded[views:]
+            inputs = build_reconstructor_input(x0_images[None], xt_images[None], self.image_ms, self.rays)
+            gaussians = self.pipe.reconstructor(inputs, reconstructor_timesteps(t, 1, device=self.device))
+        gaussians = gaussians.to(dtype=self.dtype)
         color = render(gaussians[0], self.render_cameras, mode=self.pipe.config.render_mode, normals=False).color.to(self.dtype)
         if color.shape[-1] != self.size:
             color = F.interpolate(color, size=(self.size, self.size), mode="bilinear", align_corners=False)
         return Lifted(gaussians=gaussians, x0_images=x0_images, xt_images=xt_images, renders=color)
 
     def encode_renders(self, lifted: Lifted) -> Tensor:
-        return self.pipe.encode_latents(lifted.renders * 2 - 1, self.generator, sample=self.config.sample_vae)
+        with self._networks():
+            latents = self.pipe.encode_latents(lifted.renders * 2 - 1, self.generator, sample=self.config.sample_vae)
+        return latents.to(self.dtype)
 
 
 def _record(step: DenoiseStep, num_steps: int) -> StepRecord:

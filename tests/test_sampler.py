@@ -125,6 +125,40 @@ def test_one_record_per_step_in_order(tiny_pipe, tiny_image):
         assert not r.x0_hat_images.requires_grad and r.x0_hat_images.device.type == "cpu"
 
 
+def test_bfloat16_autocast_runs_the_networks_in_bfloat16_and_stays_close(tiny_pipe, tiny_image):
+    """Autocast changes only the network passes: records stay float32, deterministic, near the float32 run."""
+    seen = []
+    hook = tiny_pipe.reconstructor.register_forward_hook(lambda m, i, o: seen.append(o.means.dtype))
+    try:
+        a = run(tiny_pipe, tiny_image, seed=3, steps=3, autocast="bfloat16")
+    finally:
+        hook.remove()
+    assert seen and set(seen) == {torch.bfloat16}
+    b = run(tiny_pipe, tiny_image, seed=3, steps=3, autocast="bfloat16")
+    full = run(tiny_pipe, tiny_image, seed=3, steps=3)
+    assert torch.equal(a[-1].final_images, b[-1].final_images)
+    assert a[-1].final_images.dtype == torch.float32 and a[-1].final_gaussians.means.dtype == torch.float32
+    from gen3d.sampler import psnr
+
+    assert float(psnr(a[-1].final_images, full[-1].final_images).min()) > 20  # close (random weights amplify), not equal
+    assert not torch.equal(a[-1].final_images, full[-1].final_images)
+    with pytest.raises(ValueError, match="autocast"):
+        SamplerConfig(autocast="int8")
+
+
+def test_autocast_auto_says_what_it_chose():
+    from gen3d.cli import resolve_autocast
+    from gen3d.sampler import fast_autocast_dtype
+
+    chosen, note = resolve_autocast("auto", "cpu")
+    assert chosen == fast_autocast_dtype("cpu") and note  # bfloat16 only where native
+    assert ("natively" in note) == (chosen is not None)
+    assert resolve_autocast("off", "cpu")[0] is None and resolve_autocast("auto", "cpu", "float16")[0] is None
+    assert resolve_autocast("bfloat16", "cpu")[0] == "bfloat16"
+    with pytest.raises(ValueError):
+        resolve_autocast("fp8", "cpu")
+
+
 def test_same_seed_same_records_and_stream_equals_call(tiny_pipe, tiny_image):
     a, b = run(tiny_pipe, tiny_image, seed=1), run(tiny_pipe, tiny_image, seed=1)
     for ra, rb in zip(a, b):
