@@ -32,32 +32,6 @@ def default_device() -> str:
     return "cpu"
 
 
-AUTOCAST_CHOICES = ("auto", "off", "bfloat16", "float16")
-
-
-def resolve_autocast(choice: str, device: str, dtype: str = "float32"):
-    """(autocast dtype name or None, a sentence saying what the network passes run in and why).
-
-    "auto": bfloat16 where the device computes it natively (a CPU with AMX or AVX512-BF16, a bf16 GPU)
-    and the pipeline is float32; otherwise the pipeline's own dtype. "off": always its own dtype.
-    """
-    from gen3d.sampler import fast_autocast_dtype
-
-    if choice not in AUTOCAST_CHOICES:
-        raise ValueError(f"autocast must be one of {AUTOCAST_CHOICES}, got {choice!r}")
-    if choice == "off":
-        return None, f"Network passes in {dtype} (autocast off)."
-    if choice != "auto":
-        return choice, f"Network passes in {choice} autocast (as requested); sampling arithmetic in {dtype}."
-    if dtype != "float32":
-        return None, f"Network passes in {dtype}."
-    fast = fast_autocast_dtype(device)
-    if fast is None:
-        return None, f"Network passes in float32: this {device} has no native bfloat16 (autocast would be slower)."
-    return fast, (f"Network passes in {fast} autocast: this {device} computes it natively (several times float32); "
-                  f"sampling arithmetic and renders in float32. `--autocast off` for float32 throughout.")
-
-
 def default_preset(device: str) -> str:
     return "tiny" if device == "cpu" else "gen3diffusion"
 
@@ -104,7 +78,7 @@ def add_infer_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-background-removal", action="store_true", help="use the image as it is")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: best available)")
     parser.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32")
-    parser.add_argument("--autocast", choices=AUTOCAST_CHOICES, default="auto",
+    parser.add_argument("--autocast", choices=("auto", "off", "bfloat16", "float16"), default="auto",
                         help="dtype of the network passes: auto = bfloat16 where the device computes it natively")
     parser.add_argument("--turntable-frames", type=int, default=48)
     parser.add_argument("--mesh", action="store_true", help="also write mesh.glb, a coloured TSDF mesh (+ mesh.json)")
@@ -139,6 +113,8 @@ def run_infer(args: argparse.Namespace) -> int:
     except WeightsError as err:
         print(f"error: cannot load '{preset}': {err}", file=sys.stderr)
         return 2
+    from gen3d.sampler import resolve_autocast
+
     autocast, autocast_note = resolve_autocast(args.autocast, device, args.dtype)
     print(f"model: {pipe.describe()}")
     for note in pipe.notes + [autocast_note]:

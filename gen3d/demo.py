@@ -433,7 +433,8 @@ class ModelManager:
                  autocast: str = "auto"):
         import threading
 
-        from gen3d.cli import default_device, resolve_autocast
+        from gen3d.cli import default_device
+        from gen3d.sampler import resolve_autocast
 
         self.device = device or default_device()
         self.dtype = dtype or ("float32" if self.device == "cpu" else "float16")

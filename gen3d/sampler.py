@@ -84,6 +84,30 @@ def fast_autocast_dtype(device) -> Optional[str]:
     return "bfloat16" if {"amx_bf16", "avx512_bf16"} & set(flags) else None
 
 
+AUTOCAST_CHOICES = ("auto", "off", "bfloat16", "float16")
+
+
+def resolve_autocast(choice: str, device: str, dtype: str = "float32"):
+    """(autocast dtype name or None, a sentence saying what the network passes run in and why).
+
+    "auto": bfloat16 where the device computes it natively (a CPU with AMX or AVX512-BF16, a bf16 GPU)
+    and the pipeline is float32; otherwise the pipeline's own dtype. "off": always its own dtype.
+    """
+    if choice not in AUTOCAST_CHOICES:
+        raise ValueError(f"autocast must be one of {AUTOCAST_CHOICES}, got {choice!r}")
+    if choice == "off":
+        return None, f"Network passes in {dtype} (autocast off)."
+    if choice != "auto":
+        return choice, f"Network passes in {choice} autocast (as requested); sampling arithmetic in {dtype}."
+    if dtype != "float32":
+        return None, f"Network passes in {dtype}."
+    fast = fast_autocast_dtype(device)
+    if fast is None:
+        return None, f"Network passes in float32: this {device} has no native bfloat16 (autocast would be slower)."
+    return fast, (f"Network passes in {fast} autocast: this {device} computes it natively (several times float32); "
+                  f"sampling arithmetic and renders in float32. `--autocast off` for float32 throughout.")
+
+
 # ----------------------------------------------------------------------------------------- arithmetic
 def cfg_combine(eps_pair: Tensor, guidance_scale: float) -> Tensor:
     """eps_pair [2F, ...] (unconditional rows first) -> u + s (c - u) [F, ...]."""

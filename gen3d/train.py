@@ -181,9 +181,9 @@ def geometry_losses(gaussians, batch, splat_size: int, min_cover: float = 0.5) -
     The reconstructor's Gaussian (view v, row i, column j) belongs to cell (i, j) of target view v's
     splat grid, which covers a block of (H / splat_size)² input pixels. Its ground truth is that
     block's: the surface point seen through it (the unprojected depth, averaged over its covered
-    pixels), their colour, its coverage as opacity, and a scale of 0.35 times the block's width at
+    pixels), their colour, its coverage as opacity (binary KL), and a scale of 0.35 times the block's width at
     that depth (the best novel-view PSNR when such Gaussians are rendered from ground truth). Centre (L1, world units, x10), colour and scale (L1 of the log) count where at least
-    ``min_cover`` of the block is covered; opacity (MSE) everywhere. Rendering supervises only what
+    ``min_cover`` of the block is covered; opacity everywhere. Rendering supervises only what
     the Gaussians look like; this tells each one where it is, which a network trained from scratch
     on a CPU budget learns far sooner. Needs depth (``has_depth``); returns their weighted sum.
     """
@@ -212,7 +212,10 @@ def geometry_losses(gaussians, batch, splat_size: int, min_cover: float = 0.5) -
     l_rgb = ((grid(gaussians.colors) - target_rgb).square().mean(1, keepdim=True) * on).sum() / count
     l_scale = ((grid(gaussians.scales).clamp_min(1e-6).log() - target_scale.clamp_min(1e-6).log()).abs()
                .mean(1, keepdim=True) * on).sum() / count
-    l_opacity = F.mse_loss(grid(gaussians.opacities[..., None]), cover)
+    # binary KL(coverage || opacity): BCE's gradient on the logit (opacity - coverage) does not vanish where
+    # the sigmoid saturates, as MSE's does; minus the coverage's own entropy, so that the truth scores 0
+    opacity = grid(gaussians.opacities[..., None]).clamp(1e-6, 1 - 1e-6)
+    l_opacity = F.binary_cross_entropy(opacity, cover) - F.binary_cross_entropy(cover.clamp(1e-6, 1 - 1e-6), cover)
     return 10 * l_xyz + l_rgb + 0.1 * l_scale + l_opacity
 
 

@@ -147,8 +147,7 @@ def test_bfloat16_autocast_runs_the_networks_in_bfloat16_and_stays_close(tiny_pi
 
 
 def test_autocast_auto_says_what_it_chose():
-    from gen3d.cli import resolve_autocast
-    from gen3d.sampler import fast_autocast_dtype
+    from gen3d.sampler import fast_autocast_dtype, resolve_autocast
 
     chosen, note = resolve_autocast("auto", "cpu")
     assert chosen == fast_autocast_dtype("cpu") and note  # bfloat16 only where native
