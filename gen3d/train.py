@@ -181,11 +181,13 @@ def geometry_losses(gaussians, batch, splat_size: int, min_cover: float = 0.5) -
     The reconstructor's Gaussian (view v, row i, column j) belongs to cell (i, j) of target view v's
     splat grid, which covers a block of (H / splat_size)² input pixels. Its ground truth is that
     block's: the surface point seen through it (the unprojected depth, averaged over its covered
-    pixels), their colour, its coverage as opacity (binary KL), and a scale of 0.35 times the block's width at
-    that depth (the best novel-view PSNR when such Gaussians are rendered from ground truth). Centre (L1, world units, x10), colour and scale (L1 of the log) count where at least
-    ``min_cover`` of the block is covered; opacity everywhere. Rendering supervises only what
-    the Gaussians look like; this tells each one where it is, which a network trained from scratch
-    on a CPU budget learns far sooner. Needs depth (``has_depth``); returns their weighted sum.
+    pixels), their colour, its coverage as opacity, and a scale of 0.35 times the block's width at
+    that depth (the best novel-view PSNR when such Gaussians are rendered from ground truth).
+    Terms: centre (L1 in world units, x10), colour (L1: MSE through the tanh left colours grey for
+    hundreds of steps) and scale (L1 of the log), where at least ``min_cover`` of the block is
+    covered; opacity everywhere (binary KL). Rendering supervises only what the Gaussians look like;
+    this tells each one where it is, which a network trained from scratch on a CPU budget learns far
+    sooner. Needs depth (``has_depth``); returns the weighted sum.
     """
     from gen3d.cameras import Cameras
 
@@ -209,7 +211,7 @@ def geometry_losses(gaussians, batch, splat_size: int, min_cover: float = 0.5) -
     on = (cover >= min_cover).float()
     count = on.sum().clamp_min(1.0)
     l_xyz = ((grid(gaussians.means) - target_xyz).abs().sum(1, keepdim=True) * on).sum() / count
-    l_rgb = ((grid(gaussians.colors) - target_rgb).square().mean(1, keepdim=True) * on).sum() / count
+    l_rgb = ((grid(gaussians.colors) - target_rgb).abs().mean(1, keepdim=True) * on).sum() / count
     l_scale = ((grid(gaussians.scales).clamp_min(1e-6).log() - target_scale.clamp_min(1e-6).log()).abs()
                .mean(1, keepdim=True) * on).sum() / count
     # binary KL(coverage || opacity): BCE's gradient on the logit (opacity - coverage) does not vanish where
