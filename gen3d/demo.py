@@ -379,7 +379,7 @@ def run_modes(pipe, image, modes: Iterable[str], steps: int, guidance_scale: flo
 
 
 def write_examples(pipe, sources: Sequence[tuple[str, Path, str]], out: Path, steps: int = 50, seed: int = 0,
-                   guidance_scale: Optional[float] = None) -> list[Path]:
+                   guidance_scale: Optional[float] = None, autocast: Optional[str] = None) -> list[Path]:
     """Precompute example run folders (both modes) for the app: (name, image path, kind) -> out/name."""
     from gen3d.export import save_image
     from gen3d.preprocess import preprocess
@@ -393,11 +393,11 @@ def write_examples(pipe, sources: Sequence[tuple[str, Path, str]], out: Path, st
         save_image(pre.image[0], run / "input.png")
         writers = {mode: TrajectoryWriter(run / mode, mode) for mode in MODES}
         cfg = pipe.config.guidance_scale if guidance_scale is None else guidance_scale
-        for step in run_modes(pipe, pre.image, MODES, steps, cfg, seed):
+        for step in run_modes(pipe, pre.image, MODES, steps, cfg, seed, autocast=autocast):
             for mode, record in step.items():
                 writers[mode].add(record)
         info = {"name": name, "kind": kind, "seed": seed, "steps": steps, "guidance_scale": cfg,
-                "model": pipe.describe(), "source": Path(path).name}
+                "model": pipe.describe(), "source": Path(path).name, "autocast": autocast}
         for writer in writers.values():
             writer.finish(pipe.config.render_mode, extra=info)
         written.append(run)
@@ -541,8 +541,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--only", default=None, help="comma-separated example names")
+    parser.add_argument("--autocast", default="auto", choices=("auto", "off", "bfloat16", "float16"),
+                        help="as the app's: auto = bfloat16 network passes where the CPU computes it natively")
     args = parser.parse_args(argv)
+    from gen3d.sampler import resolve_autocast
+
     pipe = Gen3DPipeline.from_pretrained(args.preset)
+    autocast, note = resolve_autocast(args.autocast, str(pipe.device))
+    print(note)
     chosen = [e for e in EXAMPLE_OBJECTS if args.only is None or e[0] in args.only.split(",")]
     for name, domain, family, seed in chosen:
         run = Path(args.out) / name
@@ -552,7 +558,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         kind = "person" if domain == "avatar" else "object"
         keep = run.parent / f".{name}.source.png"
         shutil.copy(source, keep)  # write_examples clears the run folder
-        write_examples(pipe, [(name, keep, kind)], args.out, steps=args.steps, seed=args.seed)
+        write_examples(pipe, [(name, keep, kind)], args.out, steps=args.steps, seed=args.seed, autocast=autocast)
         shutil.move(keep, source)
         print(f"{name}: {run}")
     return 0

@@ -64,6 +64,7 @@ class TrainConfig:
     lambda_alpha: float = 1.0
     lambda_geometry: float = 0.0  # direct supervision of the target views' Gaussians (``geometry_losses``)
     render_views: int = 4  # target views rendered for L_3D (the first ones; all 4 in Algorithm 1)
+    t_power: float = 1.0  # t = floor(T · u^p), u ~ U[0, 1): 1 is Algorithm 1's uniform t; p > 1 favours low noise
     kl_weight: float = 1e-6  # VAE stage
     vae_decoder_only: bool = False  # VAE stage: keep the encoder (and so the latent space) fixed, refine the decoder
     checkpoint_every: int = 100
@@ -75,6 +76,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.stage not in STAGES:
             raise ValueError(f"stage must be one of {STAGES}, got {self.stage!r}")
+        if not self.t_power > 0:
+            raise ValueError(f"t_power must be positive, got {self.t_power}")
         if self.x0_source not in ("unet", "gt"):
             raise ValueError(f"x0_source must be 'unet' or 'gt', got {self.x0_source!r}")
         if self.stage == "joint" and not (self.train_2d or self.train_3d):
@@ -82,11 +85,19 @@ class TrainConfig:
 
 
 # ------------------------------------------------------------------------------------------- losses
-def diffusion_inputs(pipe, target_latents: Tensor, generator: torch.Generator):
-    """t [B], noise and x_t [B, 4, C, h, w] for target latents z0 [B, 4, C, h, w]."""
+def diffusion_inputs(pipe, target_latents: Tensor, generator: torch.Generator, t_power: float = 1.0):
+    """t [B], noise and x_t [B, 4, C, h, w] for target latents z0 [B, 4, C, h, w].
+
+    t is uniform (Algorithm 1) for ``t_power`` 1, else floor(T · u^t_power): the sampler's last steps and
+    final pass, which decide the output, run at low t, which a short reconstructor stage then sees more of.
+    """
     B = target_latents.shape[0]
     device = target_latents.device
-    t = torch.randint(0, pipe.scheduler.config.num_train_timesteps, (B,), generator=generator).to(device)
+    T = pipe.scheduler.config.num_train_timesteps
+    if t_power == 1.0:
+        t = torch.randint(0, T, (B,), generator=generator).to(device)
+    else:
+        t = (torch.rand(B, generator=generator) ** t_power * T).long().clamp(0, T - 1).to(device)
     noise = torch.randn(target_latents.shape, generator=generator).to(device, target_latents.dtype)
     alpha_bar = pipe.scheduler.alphas_cumprod.to(device)[t].view(B, 1, 1, 1, 1).to(target_latents.dtype)
     x_t = alpha_bar.sqrt() * target_latents + (1 - alpha_bar).sqrt() * noise
@@ -108,7 +119,7 @@ def joint_losses(pipe, batch, config: TrainConfig, generator: torch.Generator) -
         z0 = vae_encode(pipe.vae, tgt.flatten(0, 1), generator)
         z0 = z0.view(B, V, *z0.shape[1:])
         ip_latent = vae_encode(pipe.vae, inp, generator)
-    t, noise, x_t, alpha_bar = diffusion_inputs(pipe, z0, generator)
+    t, noise, x_t, alpha_bar = diffusion_inputs(pipe, z0, generator, config.t_power)
     losses: dict[str, Tensor] = {}
 
     if not config.train_2d and config.x0_source == "gt":  # reconstructor warm-up: the UNet is not needed
@@ -183,8 +194,8 @@ def geometry_losses(gaussians, batch, splat_size: int, min_cover: float = 0.5) -
     block's: the surface point seen through it (the unprojected depth, averaged over its covered
     pixels), their colour, its coverage as opacity, and a scale of 0.35 times the block's width at
     that depth (the best novel-view PSNR when such Gaussians are rendered from ground truth).
-    Terms: centre (L1 in world units, x10), colour (L1: MSE through the tanh left colours grey for
-    hundreds of steps) and scale (L1 of the log), where at least ``min_cover`` of the block is
+    Terms: centre (L1 in world units, x10), colour (L1, x5: MSE, or a weight of 1, left colours grey
+    for hundreds of steps) and scale (L1 of the log), where at least ``min_cover`` of the block is
     covered; opacity everywhere (binary KL). Rendering supervises only what the Gaussians look like;
     this tells each one where it is, which a network trained from scratch on a CPU budget learns far
     sooner. Needs depth (``has_depth``); returns the weighted sum.
@@ -218,7 +229,7 @@ def geometry_losses(gaussians, batch, splat_size: int, min_cover: float = 0.5) -
     # the sigmoid saturates, as MSE's does; minus the coverage's own entropy, so that the truth scores 0
     opacity = grid(gaussians.opacities[..., None]).clamp(1e-6, 1 - 1e-6)
     l_opacity = F.binary_cross_entropy(opacity, cover) - F.binary_cross_entropy(cover.clamp(1e-6, 1 - 1e-6), cover)
-    return 10 * l_xyz + l_rgb + 0.1 * l_scale + l_opacity
+    return 10 * l_xyz + 5 * l_rgb + 0.1 * l_scale + l_opacity
 
 
 def vae_losses(pipe, batch, config: TrainConfig, generator: torch.Generator) -> dict[str, Tensor]:

@@ -160,3 +160,17 @@ def test_geometry_only_steps_lower_the_geometry_loss(dataset, tmp_path):
     train(config)
     after = geometry(Gen3DPipeline.from_pretrained(tmp_path / "run" / "checkpoint" / "pipeline"))
     assert after < 0.7 * before, (before, after)
+
+
+def test_t_power_favours_low_noise_and_is_validated():
+    from gen3d.pipeline import tiny_pipeline
+    from gen3d.train import diffusion_inputs
+
+    pipe = tiny_pipeline(seed=0)
+    z0 = torch.zeros(512, 4, 4, 2, 2)
+    uniform = diffusion_inputs(pipe, z0, torch.Generator().manual_seed(0))[0].float()
+    low = diffusion_inputs(pipe, z0, torch.Generator().manual_seed(0), t_power=2.0)[0].float()
+    assert 400 < uniform.mean() < 600 and 250 < low.mean() < 420  # E[u^2] = 1/3
+    assert 0 <= low.min() and low.max() <= 999
+    with pytest.raises(ValueError, match="t_power"):
+        TrainConfig(data="d", out="o", t_power=0.0)
