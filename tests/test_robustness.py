@@ -140,15 +140,16 @@ def wait_until(condition, timeout: float = 30.0, every: float = 0.2) -> bool:
     return condition()
 
 
-def reference_means(pipe, image: Path, seed: int, steps: int, tmp: Path) -> torch.Tensor:
-    """The Gaussian means of a direct, non-app run on the same input and seed, through the same .ply writer."""
+def reference_means(pipe, image: Path, seed: int, steps: int, tmp: Path, autocast=None) -> torch.Tensor:
+    """The Gaussian means of a direct, non-app run on the same input and seed (and the app's autocast),
+    through the same .ply writer."""
     from gen3d.cli import keep_everything
     from gen3d.demo import run_modes
     from gen3d.gaussians import load_ply, save_ply
     from gen3d.preprocess import preprocess
 
     pre = preprocess(image, border_ratio=0.45, size=pipe.config.image_size, remover=keep_everything)  # alpha is used
-    for step in run_modes(pipe, pre.image, ("3d",), steps, 5.0, seed):
+    for step in run_modes(pipe, pre.image, ("3d",), steps, 5.0, seed, autocast=autocast):
         record = step["3d"]
     save_ply(record.final_gaussians, tmp / f"reference_{seed}.ply")
     return load_ply(tmp / f"reference_{seed}.ply").means
@@ -260,7 +261,7 @@ def test_concurrent_sessions_each_get_their_own_complete_result(server, tmp_path
         ply = user.runs[0] / "3d" / "gs.ply"
         assert user.downloads["gs.ply"].read_bytes() == ply.read_bytes()  # what the user got is its own run
         assert json.loads(user.downloads["metrics.json"].read_text())["seed"] == user.seed
-        expected = reference_means(server.pipe, user.image, user.seed, 1, tmp_path)
+        expected = reference_means(server.pipe, user.image, user.seed, 1, tmp_path, autocast=server.manager.autocast)
         # same ops on the same CPU; the tolerance only covers thread-count-dependent summation order
         torch.testing.assert_close(load_ply(ply).means, expected, atol=1e-4, rtol=1e-4)
     plys = [(u.runs[0] / "3d" / "gs.ply").read_bytes() for u in users]

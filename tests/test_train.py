@@ -145,15 +145,16 @@ def test_geometry_only_steps_lower_the_geometry_loss(dataset, tmp_path):
 
     config = TrainConfig(data=str(dataset), out=str(tmp_path / "run"), steps=6, batch_size=1, n_novel=0, render_views=0,
                          train_2d=False, x0_source="gt", lambda_geometry=1.0, lr_3d=2e-3, warmup_steps=1,
-                         checkpoint_every=6, sample_every=0, log_every=1, mixed_precision="bf16")
+                         checkpoint_every=6, sample_every=0, log_every=1)
 
     def geometry(pipe):
         from gen3d.data import MultiViewDataset, collate
 
         batch = collate([MultiViewDataset(dataset, split="train", n_novel=0)[0]])
-        with torch.no_grad():
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):  # as --mixed-precision bf16 runs it
             losses = joint_losses(pipe, batch, config, torch.Generator().manual_seed(123))
         assert set(losses) == {"l3d_geometry"}  # nothing rendered
+        assert losses["l3d_geometry"].dtype == torch.float32  # the loss is taken in float32 under autocast
         return float(losses["l3d_geometry"])
 
     before = geometry(tiny_pipeline(seed=0, name="tiny"))
