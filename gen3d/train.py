@@ -171,15 +171,15 @@ def _reconstruction_losses(pipe, batch, config: TrainConfig, tgt: Tensor, x0_ima
     k = min(config.render_views, V)
     rgb_loss, alpha_loss = 0.0, 0.0
     with torch.autocast(device.type, enabled=False):
-        for b in range(B if k + n else 0):
-            c2w = torch.cat([batch.target_c2w[b, :k], batch.novel_c2w[b, :n]]).to(device, torch.float32)
-            out = render(gaussians[b], Cameras(c2w_gl=c2w, width=W, height=H), mode=pipe.config.render_mode,
-                         normals=False)
-            gt_rgb = torch.cat([batch.target_rgb[b, :k], batch.novel_rgb[b, :n]]).to(device, out.color.dtype)
-            gt_alpha = torch.cat([batch.target_alpha[b, :k], batch.novel_alpha[b, :n]]).to(device, out.alpha.dtype)
-            rgb_loss = rgb_loss + F.mse_loss(out.color, gt_rgb) / B
-            alpha_loss = alpha_loss + F.mse_loss(out.alpha, gt_alpha) / B
-        if k + n:
+        if k + n:  # nothing to render in a geometry-only stage
+            for b in range(B):
+                c2w = torch.cat([batch.target_c2w[b, :k], batch.novel_c2w[b, :n]]).to(device, torch.float32)
+                out = render(gaussians[b], Cameras(c2w_gl=c2w, width=W, height=H), mode=pipe.config.render_mode,
+                             normals=False)
+                gt_rgb = torch.cat([batch.target_rgb[b, :k], batch.novel_rgb[b, :n]]).to(device, out.color.dtype)
+                gt_alpha = torch.cat([batch.target_alpha[b, :k], batch.novel_alpha[b, :n]]).to(device, out.alpha.dtype)
+                rgb_loss = rgb_loss + F.mse_loss(out.color, gt_rgb) / B
+                alpha_loss = alpha_loss + F.mse_loss(out.alpha, gt_alpha) / B
             losses["l3d_rgb"], losses["l3d_alpha"] = rgb_loss, alpha_loss
         if config.lambda_geometry > 0:
             losses["l3d_geometry"] = geometry_losses(gaussians, batch, pipe.reconstructor.config.splat_size)

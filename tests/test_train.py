@@ -103,7 +103,9 @@ def test_assemble_combines_staged_runs(tmp_path):
 
 def test_geometry_supervision_is_zero_for_the_ground_truth_gaussians_only(dataset):
     """Gaussians built from ground-truth depth, colour and coverage have no geometry loss; moving,
-    recolouring or hiding them costs; and the loss trains the reconstructor together with L_3D."""
+    recolouring or hiding them costs; without depth maps it refuses."""
+    import dataclasses
+
     import torch.nn.functional as F
 
     from gen3d.cameras import Cameras
@@ -133,8 +135,6 @@ def test_geometry_supervision_is_zero_for_the_ground_truth_gaussians_only(datase
     recoloured = Gaussians(**{**truth.__dict__, "colors": 1 - truth.colors})
     hidden = Gaussians(**{**truth.__dict__, "opacities": torch.zeros_like(truth.opacities)})
     assert float(geometry_losses(recoloured, batch, S)) > 0.01 and float(geometry_losses(hidden, batch, S)) > 0.01
-    import dataclasses
-
     nodepth = dataclasses.replace(batch, has_depth=(False,))
     with pytest.raises(ValueError, match="depth"):
         geometry_losses(truth, nodepth, S)
