@@ -248,6 +248,9 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cfg", type=float, default=None, help="classifier-free guidance scale (default: the model's)")
     parser.add_argument("--modes", default="3d,2d", help="comma-separated sampling modes to compare (3d, 2d)")
     parser.add_argument("--novel", type=int, default=8, help="novel views per object")
+    parser.add_argument("--guidance-window", type=float, nargs=2, default=(0.0, 1.0), metavar=("START", "END"),
+                        help="3d mode: 3D guidance on for this fraction of the steps only, [START, END) "
+                             "(default 0 1: all steps, the paper's sampler)")
     parser.add_argument("--seed", type=int, default=0, help="object s is sampled with generator seed SEED + s")
     parser.add_argument("--json", default=None, help="write the figures as JSON here")
     parser.add_argument("--figure", default=None, help="write a PNG of results and ground truth here")
@@ -272,6 +275,9 @@ def _evaluation_settings(args: argparse.Namespace) -> tuple[list[int], tuple[str
         raise ValueError(f"--steps must be at least 1, got {args.steps}")
     if args.novel < 1:
         raise ValueError(f"--novel must be at least 1, got {args.novel}")
+    start, end = args.guidance_window
+    if not 0 <= start <= end <= 1:
+        raise ValueError(f"--guidance-window must satisfy 0 <= START <= END <= 1, got {start:g} {end:g}")
     if args.data is not None and not (Path(args.data) / "meta.json").is_file():
         raise ValueError(f"--data {args.data}: not a dataset folder (no meta.json)")
     return seeds, modes
@@ -314,7 +320,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     try:
         evaluation = evaluate(pipe, seeds, modes, num_inference_steps=steps, guidance_scale=args.cfg,
                               domain=args.domain, data=args.data, n_novel=args.novel, seed=args.seed,
-                              allow_train_seeds=args.allow_train_seeds,
+                              guidance_window=tuple(args.guidance_window), allow_train_seeds=args.allow_train_seeds,
                               keep_images=args.figure_objects if args.figure else 0,
                               on_step=lambda record: bar.update(1), on_result=report)
     except ValueError as err:  # e.g. a dataset folder without the split or with too few novel views

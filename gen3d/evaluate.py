@@ -227,6 +227,9 @@ class Evaluation:
         lines.append(f"{n} object{'' if n == 1 else 's'} ({s['domain']}, seeds {s['seeds']}), "
                      f"{s['num_inference_steps']} steps, guidance scale {s['guidance_scale']:g}, "
                      f"{s['n_novel']} novel views; PSNR in dB")
+        window = s.get("guidance_window", [0.0, 1.0])
+        if "3d" in self.modes and list(window) != [0.0, 1.0]:
+            lines.append(f"3d guidance on for steps {window[0]:.0%}-{window[1]:.0%} of the run only")
         return "\n".join(lines)
 
 
@@ -280,6 +283,7 @@ def evaluate(
     data=None,  # a dataset folder (gen3d-multiview-v1) to read ground truth from; missing objects are rendered
     n_novel: int = 8,  # novel views per object, >= 1
     seed: int = 0,  # generator seed of object s: seed + s (the same in every mode)
+    guidance_window: tuple[float, float] = (0.0, 1.0),  # of the "3d" mode: the fraction of steps it steers
     allow_train_seeds: bool = False,
     keep_images: int = 0,  # keep renders and ground truth of the first this many objects (figures)
     on_step: Optional[Callable[[StepRecord], None]] = None,  # after every sampler step
@@ -299,11 +303,13 @@ def evaluate(
         raise ValueError(f"n_novel must be at least 1, got {n_novel}")
     steps = num_inference_steps or pipe.config.num_inference_steps
     scale = pipe.config.guidance_scale if guidance_scale is None else guidance_scale
-    configs = {m: SamplerConfig(num_inference_steps=steps, guidance_scale=scale, guidance=m) for m in modes}
+    configs = {m: SamplerConfig(num_inference_steps=steps, guidance_scale=scale, guidance=m,
+                                guidance_window=tuple(guidance_window)) for m in modes}  # validates the window
     source = _Source(data, pipe.config.image_size, n_novel)
     settings = {"model": pipe.config.name, "seeds": f"{seeds[0]}-{seeds[-1]}" if len(seeds) > 1 else str(seeds[0]),
                 "domain": domain, "num_inference_steps": steps, "guidance_scale": scale, "n_novel": n_novel,
                 "image_size": pipe.config.image_size, "generator_seed": seed,
+                "guidance_window": [float(v) for v in guidance_window],
                 "data": str(data) if data is not None else None}
     evaluation = Evaluation(modes=modes, rows=[], settings=settings)
     for index, (s, d) in enumerate((s, d) for s in seeds for d in domains):

@@ -166,6 +166,25 @@ def test_cli_rejects_bad_seed_ranges(seeds, message, tmp_path, capsys, monkeypat
     assert not (tmp_path / "x.json").exists()
 
 
+def test_guidance_window_reaches_the_3d_mode(generator):
+    from gen3d.evaluate import evaluate
+    from gen3d.pipeline import tiny_pipeline
+
+    pipe = tiny_pipeline(seed=0)
+    kwargs = dict(num_inference_steps=2, guidance_scale=1.0, domain="object", n_novel=1)
+    off = evaluate(pipe, [HELDOUT], guidance_window=(0.0, 0.0), **kwargs)  # 3d mode, but no step steered
+    assert off.settings["guidance_window"] == [0.0, 0.0]
+    assert off.means("3d") == off.means("2d")
+    full = evaluate(pipe, [HELDOUT], modes=("3d",), **kwargs)
+    assert full.means("3d")["psnr_novel"] != off.means("3d")["psnr_novel"]
+    assert "3d guidance on for steps 0%-0%" in off.table()
+
+
+def test_cli_rejects_bad_guidance_window(capsys):
+    assert main(["evaluate", "--preset", "tiny-random", "--seeds", "1000000", "--guidance-window", "0.8", "0.2"]) == 2
+    assert "--guidance-window" in capsys.readouterr().err
+
+
 def test_cli_rejects_bad_modes(capsys):
     assert main(["evaluate", "--preset", "tiny-random", "--seeds", "1000000", "--modes", "3d,4d"]) == 2
     assert "--modes" in capsys.readouterr().err
