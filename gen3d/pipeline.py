@@ -158,6 +158,14 @@ def fetch_folder(repo: str, subfolder: str, local_dir: str | os.PathLike | None,
 
 
 # ------------------------------------------------------------------------------------------ pipeline
+def _drop_source_path(config_file: Path) -> None:
+    """diffusers records the folder a model was loaded from (``_name_or_path``); a saved checkpoint
+    should not carry the path of the machine that wrote it."""
+    config = json.loads(config_file.read_text())
+    if config.pop("_name_or_path", None) is not None:
+        config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
 @dataclass
 class Gen3DPipeline:
     """All parts of Gen-3Diffusion, moved and cast together."""
@@ -251,6 +259,7 @@ class Gen3DPipeline:
         self.unet.save_pretrained(directory / "unet")
         self.reconstructor.save_pretrained(directory / "reconstructor")
         self.vae.save_pretrained(directory / "vae", safe_serialization=True)
+        _drop_source_path(directory / "vae" / "config.json")
         self.image_encoder.save_pretrained(directory / "image_encoder", safe_serialization=True)
         if isinstance(self.prompt_encoder, LearnedPromptEmbeddings):
             self.prompt_encoder.save_pretrained(directory / "prompt_embeddings")

@@ -125,6 +125,8 @@ def test_gen3d_layout_round_trip(tmp_path):
         other = back.modules()[name].state_dict()
         assert all(torch.equal(v, other[k]) for k, v in module.state_dict().items()), name
     assert back.config == pipe.config and back.latent_size == 16
+    back.save_pretrained(tmp_path / "again")  # a loaded model saved again keeps no trace of where it was loaded from
+    assert "_name_or_path" not in (tmp_path / "again" / "vae" / "config.json").read_text()
 
 
 def test_build_is_seeded_and_leaves_global_rng_alone():
