@@ -175,3 +175,36 @@ def test_t_power_favours_low_noise_and_is_validated():
     assert 0 <= low.min() and low.max() <= 999
     with pytest.raises(ValueError, match="t_power"):
         TrainConfig(data="d", out="o", t_power=0.0)
+
+
+def test_chroma_term_sees_grey_reconstructions(dataset):
+    """A VAE that returns its input scores 0 on the chroma term; one that returns the input's grey
+    version scores lambda_chroma x the chroma's variance; plain MSE would charge it far less."""
+    from types import SimpleNamespace
+
+    from gen3d.data import MultiViewDataset, collate
+    from gen3d.train import vae_losses
+
+    class FakeVAE:
+        def __init__(self, grey: bool):
+            self.grey = grey
+
+        def encode(self, x):
+            return SimpleNamespace(latent_dist=SimpleNamespace(mean=x, std=torch.zeros_like(x),
+                                                               kl=lambda: torch.zeros(x.shape[0])))
+
+        def decode(self, z):
+            return SimpleNamespace(sample=z.mean(1, keepdim=True).expand_as(z) if self.grey else z)
+
+    batch = collate([MultiViewDataset(dataset, split="train", n_novel=2)[0]])
+    config = TrainConfig(data=str(dataset), out="unused", stage="vae", lambda_chroma=5.0)
+    views = torch.cat([batch.target_rgb.flatten(0, 1), batch.novel_rgb.flatten(0, 1)]) * 2 - 1
+    chroma_var = float((views - views.mean(1, keepdim=True)).pow(2).mean())
+    assert chroma_var > 1e-3  # the procedural objects are coloured
+    pipe = lambda grey: SimpleNamespace(vae=FakeVAE(grey), device=torch.device("cpu"), dtype=torch.float32)  # noqa: E731
+    generator = torch.Generator().manual_seed(0)
+    assert float(vae_losses(pipe(False), batch, config, generator)["chroma"]) == 0.0
+    grey = vae_losses(pipe(True), batch, config, generator)
+    assert float(grey["chroma"]) == pytest.approx(5.0 * chroma_var, rel=1e-5)
+    off = TrainConfig(data=str(dataset), out="unused", stage="vae")
+    assert "chroma" not in vae_losses(pipe(True), batch, off, generator)
